@@ -1,0 +1,121 @@
+//! The command line (CONTRACT.md §1). Each command loads the configuration, does one job, and
+//! turns any failure into one clear line (printed by `main`) and a non-zero exit.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::telemetry::{self, LogTarget};
+
+#[derive(Debug, Parser)]
+#[command(name = "enalysis-ingest", version, about = "Ingestion daemon for energy measurements: MQTT in, PostgreSQL out")]
+pub struct Cli {
+    /// Configuration file layered over the built-in defaults [default: config/default.toml,
+    /// when it exists]. Environment variables override it (see config/default.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: subscribe, validate, batch, write; serve HTTP.
+    Run,
+    /// Apply pending SQL migrations (idempotent; safe with several instances).
+    Migrate,
+    /// Insert reference data (asset types CONS, PROD, C/I, INJ); idempotent.
+    Seed,
+    /// Load and validate the configuration; print the effective values with secrets masked.
+    CheckConfig,
+}
+
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    match cli.command {
+        Command::CheckConfig => {
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            telemetry::init_logs(&config.log, LogTarget::Stderr);
+            let report = migrate(&config).await?;
+            if report.applied.is_empty() {
+                println!("schema is up to date (version {})", report.current);
+            } else {
+                println!(
+                    "applied {} migration(s): {}; schema at version {}",
+                    report.applied.len(),
+                    report.applied.join(", "),
+                    report.current
+                );
+            }
+            Ok(())
+        }
+        Command::Seed => {
+            telemetry::init_logs(&config.log, LogTarget::Stderr);
+            let db = Db::new(&config.database)?;
+            let client = db.get().await?;
+            let inserted = crate::seed::run(&client)
+                .await
+                .map_err(|e| anyhow::anyhow!(crate::db::pg_error_message(&e)))
+                .context("seeding asset types failed (has `migrate` run?)")?;
+            println!(
+                "seeded asset types: {inserted} inserted, {} already present",
+                crate::seed::ASSET_TYPES.len() as u64 - inserted
+            );
+            Ok(())
+        }
+        Command::Run => {
+            telemetry::init_logs(&config.log, LogTarget::Stdout);
+            run(config).await
+        }
+    }
+}
+
+/// Applies pending migrations with a dedicated connection from a fresh pool.
+pub async fn migrate(config: &Config) -> anyhow::Result<crate::migrate::Report> {
+    let db = Db::new(&config.database)?;
+    let mut client = db.get().await?;
+    let report = crate::migrate::run(&mut client).await?;
+    Ok(report)
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %serde_json::to_string(&config.masked()).unwrap_or_default(),
+        "starting"
+    );
+    let db = Db::new(&config.database)?;
+    db.check().await?;
+    if config.database.migrate_on_start {
+        let mut client = db.get().await?;
+        let report = crate::migrate::run(&mut client).await?;
+        tracing::info!(applied = report.applied.len(), version = report.current, "schema ready");
+    }
+    tracing::info!(database = db.target(), "ready; waiting for SIGTERM or SIGINT");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,453 @@
+//! One typed configuration tree, loaded once at start-up and passed down.
+//!
+//! Layers, lowest first: `config/default.toml` compiled into the binary (so the shipped file *is*
+//! the defaults and cannot drift from the code), the file named with `--config`, then the
+//! environment. Unknown keys in any layer are errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// The shipped defaults; also the documentation of every key.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The config file used when `--config` is not given (skipped when it does not exist).
+pub const DEFAULT_PATH: &str = "config/default.toml";
+
+/// Shown instead of a secret.
+const MASK: &str = "********";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Load(String),
+    #[error("environment variable {var}: {msg}")]
+    Env { var: String, msg: String },
+    #[error("{key}: {msg}")]
+    Invalid { key: &'static str, msg: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub pool_wait_timeout_ms: u64,
+    pub ca_file: String,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    /// Loads from the defaults, `path` (or [`DEFAULT_PATH`] when it exists) and the process
+    /// environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        match path {
+            Some(p) if !p.exists() => return Err(ConfigError::MissingFile(p.to_path_buf())),
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_PATH).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_PATH))
+            }
+            None => {}
+        }
+        let env = EnvLayer::collect(env)?;
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot say, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, msg: String| Err(ConfigError::Invalid { key, msg });
+        if let Err(e) = self.database.url.parse::<tokio_postgres::Config>() {
+            return invalid(
+                "database.url",
+                format!("malformed PostgreSQL URL (DATABASE_URL): {e}"),
+            );
+        }
+        if self.database.pool_size == 0 {
+            return invalid("database.pool_size", "must be at least 1".into());
+        }
+        if self.database.connect_timeout_ms == 0 || self.database.pool_wait_timeout_ms == 0 {
+            return invalid(
+                "database.connect_timeout_ms",
+                "timeouts must be above 0 ms".into(),
+            );
+        }
+        match url::Url::parse(&self.mqtt.url) {
+            Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts") && u.host_str().is_some() => {}
+            Ok(u) => {
+                return invalid(
+                    "mqtt.url",
+                    format!(
+                        "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
+                        u.scheme()
+                    ),
+                );
+            }
+            Err(e) => return invalid("mqtt.url", format!("malformed URL (MQTT_URL): {e}")),
+        }
+        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
+            return invalid(
+                "http.addr",
+                format!(
+                    "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
+                    self.http.addr
+                ),
+            );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return invalid("log.level", format!("{:?}: {e}", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// A copy safe to print or log: passwords in URLs and tokens are replaced by a mask.
+    pub fn masked(&self) -> Config {
+        let mut c = self.clone();
+        c.database.url = mask_url_password(&c.database.url);
+        c.mqtt.url = mask_url_password(&c.mqtt.url);
+        if !c.admin.token.is_empty() {
+            c.admin.token = MASK.into();
+        }
+        c
+    }
+
+    /// The effective configuration as TOML, secrets masked (`check-config`).
+    pub fn to_masked_toml(&self) -> String {
+        toml_string(&self.masked())
+    }
+}
+
+fn toml_string(c: &Config) -> String {
+    // Plain structs of strings, numbers and booleans always serialize.
+    toml::to_string(c).unwrap_or_default()
+}
+
+/// One line per figment error: `key: what is wrong (in which layer)`.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            let layer = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(src) => format!(" (in {} {src})", m.name),
+                    None => format!(" (in {})", m.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{layer}", err.kind)
+            } else {
+                format!("{key}: {}{layer}", err.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Replaces the password of a URL (if any) with the mask; leaves anything unparsable alone
+/// except that it is not echoed with credentials (the whole value is masked then).
+pub fn mask_url_password(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some(MASK));
+            }
+            u.to_string()
+        }
+        Err(_) if raw.contains('@') => MASK.into(),
+        Err(_) => raw.to_string(),
+    }
+}
+
+/// The environment layer: fixed names from the contract, `ENALYSIS_<SECTION>__<KEY>` for the
+/// rest, and `_FILE` variants that read the value from a file (for secrets).
+struct EnvLayer {
+    dict: Dict,
+}
+
+impl EnvLayer {
+    fn collect(env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let defaults: Dict = Toml::string(DEFAULTS)
+            .data()
+            .ok()
+            .and_then(|m| m.into_values().next())
+            .unwrap_or_default();
+        let vars: BTreeMap<String, String> = env.into_iter().collect();
+        let mut dict = Dict::new();
+        for (name, raw) in &vars {
+            let (base, from_file) = match name.strip_suffix("_FILE") {
+                Some(base) if key_for(base).is_some() => (base, true),
+                _ => (name.as_str(), false),
+            };
+            let Some(key) = key_for(base) else { continue };
+            let value = if from_file {
+                if vars.contains_key(base) {
+                    return Err(ConfigError::Env {
+                        var: name.clone(),
+                        msg: format!("both {base} and {name} are set; set only one"),
+                    });
+                }
+                let text = std::fs::read_to_string(raw).map_err(|e| ConfigError::Env {
+                    var: name.clone(),
+                    msg: format!("cannot read {raw}: {e}"),
+                })?;
+                text.trim_end_matches(['\n', '\r']).to_string()
+            } else {
+                raw.clone()
+            };
+            // Type the value by its default: a password of digits stays a string, a pool size
+            // of digits becomes a number.
+            let is_string = lookup(&defaults, &key).is_none_or(|v| matches!(v, Value::String(..)));
+            let value = if is_string {
+                Value::from(value)
+            } else {
+                value.parse::<Value>().unwrap_or_else(|_| Value::from(value))
+            };
+            let nested = figment::util::nest(&key, value)
+                .into_dict()
+                .unwrap_or_default();
+            dict = merge_dicts(dict, nested);
+        }
+        Ok(Self { dict })
+    }
+}
+
+fn lookup<'a>(dict: &'a Dict, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut current = dict.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_dict()?.get(part)?;
+    }
+    Some(current)
+}
+
+fn merge_dicts(mut a: Dict, b: Dict) -> Dict {
+    for (k, v) in b {
+        match (a.remove(&k), v) {
+            (Some(Value::Dict(t, old)), Value::Dict(_, new)) => {
+                a.insert(k, Value::Dict(t, merge_dicts(old, new)));
+            }
+            (_, v) => {
+                a.insert(k, v);
+            }
+        }
+    }
+    a
+}
+
+/// Maps an environment variable name to a config key, or `None` when it is not ours.
+fn key_for(var: &str) -> Option<String> {
+    match var {
+        "DATABASE_URL" => return Some("database.url".into()),
+        "MQTT_URL" => return Some("mqtt.url".into()),
+        "ENALYSIS_HTTP_ADDR" => return Some("http.addr".into()),
+        "ENALYSIS_ADMIN_TOKEN" => return Some("admin.token".into()),
+        _ => {}
+    }
+    let rest = var.strip_prefix("ENALYSIS_")?;
+    let (section, key) = rest.split_once("__")?;
+    if section.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}.{}",
+        section.to_ascii_lowercase(),
+        key.to_ascii_lowercase()
+    ))
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(None, env(pairs))
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.http.addr, "127.0.0.1:9464");
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn contract_variables_override_the_file() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u:pw@db:5433/x"),
+            ("MQTT_URL", "mqtts://broker:8883"),
+            ("ENALYSIS_HTTP_ADDR", "0.0.0.0:9000"),
+            ("ENALYSIS_ADMIN_TOKEN", "s3cret"),
+        ])
+        .expect("valid");
+        assert_eq!(c.database.url, "postgres://u:pw@db:5433/x");
+        assert_eq!(c.mqtt.url, "mqtts://broker:8883");
+        assert_eq!(c.http.addr, "0.0.0.0:9000");
+        assert_eq!(c.admin.token, "s3cret");
+    }
+
+    #[test]
+    fn prefixed_variables_reach_nested_keys_with_their_types() {
+        let c = load(&[
+            ("ENALYSIS_DATABASE__POOL_SIZE", "3"),
+            ("ENALYSIS_LOG__FORMAT", "pretty"),
+            ("ENALYSIS_ADMIN__TOKEN", "12345"),
+        ])
+        .expect("valid");
+        assert_eq!(c.database.pool_size, 3);
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        // Digits stay a string where the key is a string.
+        assert_eq!(c.admin.token, "12345");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_wherever_they_come_from() {
+        let err = load(&[("ENALYSIS_DATABASE__POOLSIZE", "3")]).expect_err("unknown key");
+        assert!(err.to_string().contains("poolsize"), "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[mqtt]\nurll = \"mqtt://x:1\"\n").expect("write");
+        let err = Config::load_from(Some(&path), env(&[])).expect_err("unknown key");
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").expect("write");
+        let p = path.to_string_lossy().to_string();
+        let c = load(&[("ENALYSIS_ADMIN_TOKEN_FILE", &p)]).expect("valid");
+        assert_eq!(c.admin.token, "from-file");
+
+        let err = load(&[
+            ("ENALYSIS_ADMIN_TOKEN_FILE", &p),
+            ("ENALYSIS_ADMIN_TOKEN", "x"),
+        ])
+        .expect_err("both set");
+        assert!(err.to_string().contains("set only one"), "{err}");
+
+        let err = load(&[("DATABASE_URL_FILE", "/nonexistent/db")]).expect_err("missing");
+        assert!(err.to_string().contains("DATABASE_URL_FILE"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (var, value, key) in [
+            ("DATABASE_URL", "postgres://u@h:notaport/db", "database.url"),
+            ("MQTT_URL", "http://broker", "mqtt.url"),
+            ("ENALYSIS_HTTP_ADDR", "localhost", "http.addr"),
+            ("ENALYSIS_DATABASE__POOL_SIZE", "0", "database.pool_size"),
+        ] {
+            let err = load(&[(var, value)]).expect_err(var);
+            assert!(err.to_string().contains(key), "{var}: {err}");
+        }
+        let err = load(&[("ENALYSIS_LOG__FORMAT", "xml")]).expect_err("bad enum");
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+
+    #[test]
+    fn masked_config_hides_every_secret() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u:dbpw@db/x"),
+            ("MQTT_URL", "mqtt://m:mqpw@broker:1883"),
+            ("ENALYSIS_ADMIN_TOKEN", "tok"),
+        ])
+        .expect("valid");
+        let text = c.to_masked_toml();
+        for secret in ["dbpw", "mqpw", "\"tok\""] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(text.contains("postgres://u:********@db/x"), "{text}");
+        assert!(text.contains("[database]"), "{text}");
+    }
+
+    #[test]
+    fn an_explicit_missing_config_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent.toml")), env(&[]))
+            .expect_err("missing");
+        assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
+    }
+}

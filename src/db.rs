@@ -1,0 +1,194 @@
+//! The PostgreSQL connection pool (deadpool-postgres) with rustls TLS and bounded timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio_postgres::config::Host;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::DatabaseConfig;
+
+pub type Client = deadpool_postgres::Object;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("malformed database URL (DATABASE_URL): {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("cannot read database.ca_file {path}: {msg}")]
+    CaFile { path: String, msg: String },
+    #[error("cannot build the connection pool: {0}")]
+    Build(String),
+    #[error("cannot connect to PostgreSQL at {target}: {msg}")]
+    Connect { target: String, msg: String },
+    #[error("timed out after {waited:?} waiting for a connection to PostgreSQL at {target}")]
+    Timeout { target: String, waited: Duration },
+}
+
+impl DbError {
+    /// Whether waiting and trying again can help (the database may come back); a bad URL or
+    /// a refused password will not fix itself.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout { .. }) || matches!(self, Self::Connect { msg, .. } if !msg.contains("password") && !msg.contains("does not exist"))
+    }
+}
+
+/// A database handle: the pool plus a printable, password-free description of the target.
+#[derive(Clone)]
+pub struct Db {
+    pub pool: Pool,
+    target: Arc<str>,
+    wait: Duration,
+}
+
+impl Db {
+    /// Builds the pool. Opens no connection yet: call [`Db::get`] (or [`Db::check`]) for that.
+    pub fn new(cfg: &DatabaseConfig) -> Result<Self, DbError> {
+        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(DbError::BadUrl)?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("enalysis-ingest");
+        }
+        // Dead peers (a pulled cable, a failed-over host) are noticed without waiting for TCP's
+        // default two hours.
+        pg.keepalives_idle(Duration::from_secs(30));
+        let target = describe(&pg);
+        let tls = MakeRustlsConnect::new(tls_config(&cfg.ca_file)?);
+        let manager = Manager::from_config(
+            pg,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let wait = Duration::from_millis(cfg.pool_wait_timeout_ms);
+        let connect = Duration::from_millis(cfg.connect_timeout_ms);
+        let pool = Pool::builder(manager)
+            .max_size(cfg.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(connect))
+            .recycle_timeout(Some(connect))
+            .build()
+            .map_err(|e| DbError::Build(e.to_string()))?;
+        Ok(Self {
+            pool,
+            target: target.into(),
+            wait,
+        })
+    }
+
+    /// `host:port/dbname`, without credentials: safe for logs and error messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A pooled connection, or an error that says what went wrong in one line.
+    pub async fn get(&self) -> Result<Client, DbError> {
+        self.pool.get().await.map_err(|e| self.pool_error(e))
+    }
+
+    /// Opens (or reuses) a connection and runs a trivial query.
+    pub async fn check(&self) -> Result<(), DbError> {
+        let client = self.get().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| DbError::Connect {
+                target: self.target.to_string(),
+                msg: pg_error_message(&e),
+            })?;
+        Ok(())
+    }
+
+    fn pool_error(&self, e: PoolError) -> DbError {
+        let target = self.target.to_string();
+        match e {
+            PoolError::Backend(e) => DbError::Connect {
+                target,
+                msg: pg_error_message(&e),
+            },
+            PoolError::Timeout(_) => DbError::Timeout {
+                target,
+                waited: self.wait,
+            },
+            other => DbError::Connect {
+                target,
+                msg: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The most useful one-line text of a tokio-postgres error: the server's message when there is
+/// one ("password authentication failed for user …"), else the I/O cause ("Connection refused").
+pub fn pg_error_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+fn describe(pg: &tokio_postgres::Config) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let db = pg
+        .get_dbname()
+        .or(pg.get_user())
+        .unwrap_or("postgres")
+        .to_string();
+    format!("{host}:{port}/{db}")
+}
+
+fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, DbError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // A missing or partly unreadable system store is not fatal: sslmode=disable needs none, and
+    // `ca_file` may be all the deployment uses.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if !ca_file.is_empty() {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
+            .map_err(|e| DbError::CaFile {
+                path: ca_file.into(),
+                msg: e.to_string(),
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DbError::CaFile {
+                path: ca_file.into(),
+                msg: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(DbError::CaFile {
+                path: ca_file.into(),
+                msg: "no PEM certificate in it".into(),
+            });
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| DbError::CaFile {
+                path: ca_file.into(),
+                msg: e.to_string(),
+            })?;
+        }
+    }
+    // An explicit provider: no dependence on a process-wide default being installed first.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Build(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

@@ -1,0 +1,213 @@
+//! Domain types shared along the path of a reading: what an entity is, what a validated
+//! reading is, and why a reading was rejected. Pure data, no I/O.
+
+use chrono::{DateTime, Utc};
+use postgres_types::{FromSql, ToSql};
+use uuid::Uuid;
+
+/// What a reading belongs to; the `entity_type_enum` of `measurements`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSql, FromSql)]
+#[postgres(name = "entity_type_enum")]
+pub enum EntityKind {
+    #[postgres(name = "meter")]
+    Meter,
+    #[postgres(name = "asset")]
+    Asset,
+    #[postgres(name = "energy_source")]
+    EnergySource,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 3] = [Self::Meter, Self::Asset, Self::EnergySource];
+
+    /// The label used in the database, in JSON (`"meter"` key of a gateway reading) and in
+    /// metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Meter => "meter",
+            Self::Asset => "asset",
+            Self::EnergySource => "energy_source",
+        }
+    }
+}
+
+/// `meter_category_enum`: what a meter (and everything under it) can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSql, FromSql)]
+#[postgres(name = "meter_category_enum")]
+pub enum MeterCategory {
+    #[postgres(name = "CONS")]
+    Cons,
+    #[postgres(name = "PROD")]
+    Prod,
+    #[postgres(name = "INJ")]
+    Inj,
+    #[postgres(name = "STOR")]
+    Stor,
+}
+
+impl MeterCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cons => "CONS",
+            Self::Prod => "PROD",
+            Self::Inj => "INJ",
+            Self::Stor => "STOR",
+        }
+    }
+}
+
+/// `quality_enum`: how far to trust a value. Not a reason to drop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ToSql, FromSql)]
+#[postgres(name = "quality_enum", rename_all = "lowercase")]
+pub enum Quality {
+    #[default]
+    Good,
+    Bad,
+    Estimated,
+}
+
+impl Quality {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "good" => Some(Self::Good),
+            "bad" => Some(Self::Bad),
+            "estimated" => Some(Self::Estimated),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Good => "good",
+            Self::Bad => "bad",
+            Self::Estimated => "estimated",
+        }
+    }
+}
+
+/// One active meter, asset or energy source as the ingest path sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub kind: EntityKind,
+    pub id: Uuid,
+    pub external_id: Option<String>,
+    /// The category of the meter itself, or of the meter an asset / energy source hangs under.
+    pub category: MeterCategory,
+    /// An energy source of kind `battery`: may report `state_of_charge` under any meter.
+    pub is_battery: bool,
+}
+
+/// A reading that passed validation: the only thing the writer accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub entity_type: EntityKind,
+    pub entity_id: Uuid,
+    /// Canonical metric name from the catalogue.
+    pub metric: &'static str,
+    pub ts: DateTime<Utc>,
+    /// In the metric's canonical unit; always finite and within the metric's bounds.
+    pub value: f64,
+    /// The metric's canonical unit.
+    pub unit: &'static str,
+    pub quality: Quality,
+}
+
+/// Why a reading (or a whole message) was not stored in `measurements`: CONTRACT.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    MalformedPayload,
+    PayloadTooLarge,
+    UnknownTopic,
+    UnknownEntity,
+    InvalidTimestamp,
+    FutureTimestamp,
+    StaleTimestamp,
+    UnknownMetric,
+    InvalidUnit,
+    InvalidValue,
+    InvalidQuality,
+    OutOfRange,
+    CategoryViolation,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Self::MalformedPayload,
+        Self::PayloadTooLarge,
+        Self::UnknownTopic,
+        Self::UnknownEntity,
+        Self::InvalidTimestamp,
+        Self::FutureTimestamp,
+        Self::StaleTimestamp,
+        Self::UnknownMetric,
+        Self::InvalidUnit,
+        Self::InvalidValue,
+        Self::InvalidQuality,
+        Self::OutOfRange,
+        Self::CategoryViolation,
+    ];
+
+    /// The label stored in `rejected_readings.reason` and used as the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedPayload => "malformed_payload",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnknownTopic => "unknown_topic",
+            Self::UnknownEntity => "unknown_entity",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::FutureTimestamp => "future_timestamp",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::UnknownMetric => "unknown_metric",
+            Self::InvalidUnit => "invalid_unit",
+            Self::InvalidValue => "invalid_value",
+            Self::InvalidQuality => "invalid_quality",
+            Self::OutOfRange => "out_of_range",
+            Self::CategoryViolation => "category_violation",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected reading, or a whole rejected message when `seq` is 0 and nothing was decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// Human-readable: which field, which value, which rule.
+    pub detail: String,
+    /// Position of the reading in the message, in decoding order (array index, then metric
+    /// order inside a `values` map). Deterministic for the same bytes, so a redelivered message
+    /// maps onto the same rejection rows.
+    pub seq: u32,
+    /// What is known about the reading, for operators querying `rejected_readings`.
+    pub entity_type: Option<EntityKind>,
+    pub entity_id: Option<Uuid>,
+    pub metric: Option<String>,
+    pub ts: Option<DateTime<Utc>>,
+}
+
+impl Rejection {
+    /// A rejection with no reading context (e.g. the message as a whole).
+    pub fn new(reason: Reason, seq: u32, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            seq,
+            entity_type: None,
+            entity_id: None,
+            metric: None,
+            ts: None,
+        }
+    }
+}
+
+/// Everything one MQTT message turned into. Every reading ends up in exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub accepted: Vec<Reading>,
+    pub rejected: Vec<Rejection>,
+}
