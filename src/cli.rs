@@ -11,7 +11,11 @@ use crate::db::Db;
 use crate::telemetry::{self, LogTarget};
 
 #[derive(Debug, Parser)]
-#[command(name = "enalysis-ingest", version, about = "Ingestion daemon for energy measurements: MQTT in, PostgreSQL out")]
+#[command(
+    name = "enalysis-ingest",
+    version,
+    about = "Ingestion daemon for energy measurements: MQTT in, PostgreSQL out"
+)]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults [default: config/default.toml,
     /// when it exists]. Environment variables override it (see config/default.toml).
@@ -32,6 +36,9 @@ pub enum Command {
     Seed,
     /// Load and validate the configuration; print the effective values with secrets masked.
     CheckConfig,
+    /// A gateway simulator and load generator: publishes readings for the active meters and
+    /// energy sources in the database.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -70,6 +77,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Simulate(args) => {
+            telemetry::init_logs(&config.log, LogTarget::Stderr);
+            crate::simulate::run(&config, args).await
+        }
         Command::Run => {
             telemetry::init_logs(&config.log, LogTarget::Stdout);
             run(config).await
@@ -91,17 +102,22 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config = %serde_json::to_string(&config.masked()).unwrap_or_default(),
         "starting"
     );
-    let db = Db::new(&config.database)?;
-    db.check().await?;
-    if config.database.migrate_on_start {
-        let mut client = db.get().await?;
-        let report = crate::migrate::run(&mut client).await?;
-        tracing::info!(applied = report.applied.len(), version = report.current, "schema ready");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal.cancel();
+    });
+    let metrics = crate::http::install_metrics()?;
+    match crate::daemon::run(config, Some(metrics), shutdown).await? {
+        crate::daemon::Exit::Drained => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        crate::daemon::Exit::DeadlineExceeded => anyhow::bail!(
+            "shutdown deadline passed before everything was written; unacknowledged messages will be redelivered"
+        ),
     }
-    tracing::info!(database = db.target(), "ready; waiting for SIGTERM or SIGINT");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -39,6 +39,9 @@ pub enum ConfigError {
 pub struct Config {
     pub database: DatabaseConfig,
     pub mqtt: MqttConfig,
+    pub ingest: IngestConfig,
+    pub registry: RegistryConfig,
+    pub partitions: PartitionsConfig,
     pub http: HttpConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -59,6 +62,46 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub url: String,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub shared_group: String,
+    pub username: String,
+    pub password: String,
+    pub ca_file: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub keep_alive_secs: u64,
+    pub session_expiry_secs: u32,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub max_packet_bytes: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_payload_bytes: usize,
+    pub queue_messages: usize,
+    pub batch_max_rows: usize,
+    pub batch_max_age_ms: u64,
+    pub max_clock_skew_secs: u64,
+    pub max_age_days: u64,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub refresh_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionsConfig {
+    pub months_ahead: u32,
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -148,6 +191,76 @@ impl Config {
             }
             Err(e) => return invalid("mqtt.url", format!("malformed URL (MQTT_URL): {e}")),
         }
+        let m = &self.mqtt;
+        if m.client_id.is_empty() || m.client_id.len() > 128 {
+            return invalid("mqtt.client_id", "must be 1 to 128 characters".into());
+        }
+        let prefix_ok = !m.topic_prefix.is_empty()
+            && !m.topic_prefix.starts_with('/')
+            && !m.topic_prefix.ends_with('/')
+            && !m.topic_prefix.contains(['+', '#']);
+        if !prefix_ok {
+            return invalid(
+                "mqtt.topic_prefix",
+                format!(
+                    "{:?}: must be non-empty, without wildcards or leading/trailing '/'",
+                    m.topic_prefix
+                ),
+            );
+        }
+        if m.shared_group.contains(['/', '+', '#']) {
+            return invalid(
+                "mqtt.shared_group",
+                "must not contain '/', '+' or '#'".into(),
+            );
+        }
+        if m.client_cert.is_empty() != m.client_key.is_empty() {
+            return invalid(
+                "mqtt.client_cert",
+                "client_cert and client_key go together".into(),
+            );
+        }
+        if m.keep_alive_secs < 5 {
+            return invalid("mqtt.keep_alive_secs", "must be at least 5".into());
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+            return invalid(
+                "mqtt.reconnect_min_ms",
+                "must be above 0 and not above reconnect_max_ms".into(),
+            );
+        }
+        let i = &self.ingest;
+        if i.max_payload_bytes == 0 || i.max_payload_bytes as u64 > u64::from(m.max_packet_bytes) {
+            return invalid(
+                "ingest.max_payload_bytes",
+                "must be above 0 and not above mqtt.max_packet_bytes".into(),
+            );
+        }
+        if i.queue_messages == 0 || i.batch_max_rows == 0 || i.batch_max_age_ms == 0 {
+            return invalid(
+                "ingest.queue_messages",
+                "queue_messages, batch_max_rows and batch_max_age_ms must be above 0".into(),
+            );
+        }
+        if i.max_age_days == 0 || i.max_age_days > 36500 {
+            return invalid("ingest.max_age_days", "must be 1 to 36500".into());
+        }
+        if i.retry_min_ms == 0 || i.retry_min_ms > i.retry_max_ms {
+            return invalid(
+                "ingest.retry_min_ms",
+                "must be above 0 and not above retry_max_ms".into(),
+            );
+        }
+        if self.registry.refresh_interval_secs == 0 {
+            return invalid("registry.refresh_interval_secs", "must be above 0".into());
+        }
+        let p = &self.partitions;
+        if p.retention_days != 0 && u64::from(p.retention_days) < i.max_age_days {
+            return invalid(
+                "partitions.retention_days",
+                "must be 0 (keep) or at least ingest.max_age_days, or accepted readings would land in dropped months".into(),
+            );
+        }
         if let Err(e) = self.http.addr.parse::<SocketAddr>() {
             return invalid(
                 "http.addr",
@@ -168,8 +281,10 @@ impl Config {
         let mut c = self.clone();
         c.database.url = mask_url_password(&c.database.url);
         c.mqtt.url = mask_url_password(&c.mqtt.url);
-        if !c.admin.token.is_empty() {
-            c.admin.token = MASK.into();
+        for secret in [&mut c.admin.token, &mut c.mqtt.password] {
+            if !secret.is_empty() {
+                *secret = MASK.into();
+            }
         }
         c
     }
@@ -265,7 +380,9 @@ impl EnvLayer {
             let value = if is_string {
                 Value::from(value)
             } else {
-                value.parse::<Value>().unwrap_or_else(|_| Value::from(value))
+                value
+                    .parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(value))
             };
             let nested = figment::util::nest(&key, value)
                 .into_dict()
@@ -434,10 +551,11 @@ mod tests {
             ("DATABASE_URL", "postgres://u:dbpw@db/x"),
             ("MQTT_URL", "mqtt://m:mqpw@broker:1883"),
             ("ENALYSIS_ADMIN_TOKEN", "tok"),
+            ("ENALYSIS_MQTT__PASSWORD", "mqpw2"),
         ])
         .expect("valid");
         let text = c.to_masked_toml();
-        for secret in ["dbpw", "mqpw", "\"tok\""] {
+        for secret in ["dbpw", "mqpw", "\"tok\"", "mqpw2"] {
             assert!(!text.contains(secret), "{secret} leaked:\n{text}");
         }
         assert!(text.contains("postgres://u:********@db/x"), "{text}");
@@ -446,8 +564,8 @@ mod tests {
 
     #[test]
     fn an_explicit_missing_config_file_is_an_error() {
-        let err = Config::load_from(Some(Path::new("/nonexistent.toml")), env(&[]))
-            .expect_err("missing");
+        let err =
+            Config::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent.toml"), "{err}");
     }
 }

@@ -29,7 +29,8 @@ impl DbError {
     /// Whether waiting and trying again can help (the database may come back); a bad URL or
     /// a refused password will not fix itself.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout { .. }) || matches!(self, Self::Connect { msg, .. } if !msg.contains("password") && !msg.contains("does not exist"))
+        matches!(self, Self::Timeout { .. })
+            || matches!(self, Self::Connect { msg, .. } if !msg.contains("password") && !msg.contains("does not exist"))
     }
 }
 
@@ -39,6 +40,9 @@ pub struct Db {
     pub pool: Pool,
     target: Arc<str>,
     wait: Duration,
+    /// Kept for connections outside the pool (LISTEN needs its own, long-lived one).
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 impl Db {
@@ -57,8 +61,8 @@ impl Db {
         let target = describe(&pg);
         let tls = MakeRustlsConnect::new(tls_config(&cfg.ca_file)?);
         let manager = Manager::from_config(
-            pg,
-            tls,
+            pg.clone(),
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -77,7 +81,34 @@ impl Db {
             pool,
             target: target.into(),
             wait,
+            pg,
+            tls,
         })
+    }
+
+    /// A connection outside the pool, with its connection future for the caller to drive
+    /// (which is how LISTEN notifications are received).
+    pub async fn connect_dedicated(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
+        ),
+        DbError,
+    > {
+        self.pg
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| DbError::Connect {
+                target: self.target.to_string(),
+                msg: pg_error_message(&e),
+            })
     }
 
     /// `host:port/dbname`, without credentials: safe for logs and error messages.
@@ -153,42 +184,8 @@ fn describe(pg: &tokio_postgres::Config) -> String {
 }
 
 fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, DbError> {
-    let mut roots = rustls::RootCertStore::empty();
-    // A missing or partly unreadable system store is not fatal: sslmode=disable needs none, and
-    // `ca_file` may be all the deployment uses.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if !ca_file.is_empty() {
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
-            .map_err(|e| DbError::CaFile {
-                path: ca_file.into(),
-                msg: e.to_string(),
-            })?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| DbError::CaFile {
-                path: ca_file.into(),
-                msg: e.to_string(),
-            })?;
-        if certs.is_empty() {
-            return Err(DbError::CaFile {
-                path: ca_file.into(),
-                msg: "no PEM certificate in it".into(),
-            });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| DbError::CaFile {
-                path: ca_file.into(),
-                msg: e.to_string(),
-            })?;
-        }
-    }
-    // An explicit provider: no dependence on a process-wide default being installed first.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DbError::Build(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    crate::tls::client_config("database.ca_file", ca_file, None).map_err(|e| DbError::CaFile {
+        path: e.path,
+        msg: e.msg,
+    })
 }

@@ -154,7 +154,12 @@ async fn apply_pending(client: &mut Client) -> Result<Report, MigrateError> {
         .await
         .map_err(db_err)?;
         tx.commit().await.map_err(apply_err)?;
-        tracing::info!(version = m.version, name = m.name, duration_ms = ms, "migration applied");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            duration_ms = ms,
+            "migration applied"
+        );
         report.applied.push(m.name);
     }
     report.current = MIGRATIONS
@@ -185,7 +190,11 @@ mod tests {
         assert_eq!(files, listed);
         for (i, m) in MIGRATIONS.iter().enumerate() {
             assert_eq!(m.version, i as i64 + 1, "{}", m.name);
-            assert!(m.name.starts_with(&format!("{:04}_", m.version)), "{}", m.name);
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "{}",
+                m.name
+            );
         }
     }
 

@@ -6,8 +6,16 @@ use tokio_postgres::Client;
 pub const ASSET_TYPES: &[(&str, &str, &str)] = &[
     ("CONS", "Consumption", "Equipment that consumes energy"),
     ("PROD", "Production", "Equipment that produces energy"),
-    ("C/I", "Commercial / industrial", "Commercial or industrial load"),
-    ("INJ", "Injection", "Equipment that injects energy into the grid"),
+    (
+        "C/I",
+        "Commercial / industrial",
+        "Commercial or industrial load",
+    ),
+    (
+        "INJ",
+        "Injection",
+        "Equipment that injects energy into the grid",
+    ),
 ];
 
 /// Inserts what is missing and leaves existing rows (and operators' edits to them) alone.

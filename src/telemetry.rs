@@ -42,3 +42,22 @@ pub fn init_logs(cfg: &LogConfig, target: LogTarget) {
     // A second init (tests) keeps the first subscriber; that is fine.
     let _ = result;
 }
+
+/// Every metric name the daemon exports (CONTRACT.md §5), in one place. Labels are bounded:
+/// `reason` takes the 13 contract reasons, nothing takes a topic or an id.
+pub mod names {
+    pub const MESSAGES_RECEIVED: &str = "ingest_messages_received_total";
+    pub const READINGS_ACCEPTED: &str = "ingest_readings_accepted_total";
+    /// Label `reason`.
+    pub const READINGS_REJECTED: &str = "ingest_readings_rejected_total";
+    pub const READINGS_DUPLICATE: &str = "ingest_readings_duplicate_total";
+    pub const BATCH_ROWS: &str = "ingest_batch_rows";
+    pub const FLUSH_DURATION: &str = "ingest_flush_duration_seconds";
+    pub const END_TO_END_LATENCY: &str = "ingest_end_to_end_latency_seconds";
+    pub const BUFFERED_READINGS: &str = "ingest_buffered_readings";
+    pub const MQTT_CONNECTED: &str = "ingest_mqtt_connected";
+    pub const DB_ERRORS: &str = "ingest_db_errors_total";
+    pub const REGISTRY_ENTITIES: &str = "ingest_registry_entities";
+    pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";
+    pub const PARTITIONS_DROPPED: &str = "ingest_partitions_dropped_total";
+}

@@ -1,0 +1,192 @@
+//! Batching: judge each message (decode + validate, pure) and collect the results into batches
+//! flushed by size or age. The batcher knows nothing of SQL or of MQTT beyond the ack token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::ack::AckToken;
+use crate::model::{Reading, Rejection};
+use crate::mqtt::Inbound;
+use crate::registry::Registry;
+use crate::telemetry::names;
+use crate::validate::{self, Limits};
+
+/// A message as the writer needs it to store rejections: exact bytes and where they came from.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub received_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// sha256 of topic, a NUL, and the payload: the same message redelivered has the same
+    /// digest, so its rejections map onto the rows already stored.
+    pub fn digest(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(self.topic.as_bytes());
+        h.update([0u8]);
+        h.update(&self.payload);
+        h.finalize().to_vec()
+    }
+}
+
+/// An accepted reading, with the message it came in.
+#[derive(Debug)]
+pub struct Accepted {
+    pub reading: Reading,
+    pub received_at: DateTime<Utc>,
+    /// Index into [`Batch::messages`].
+    pub message: u32,
+    /// Position among the accepted readings of its message; used only if the database refuses
+    /// the row and it has to become a rejection.
+    pub index: u32,
+}
+
+#[derive(Debug)]
+pub struct Rejected {
+    pub rejection: Rejection,
+    /// Index into [`Batch::messages`].
+    pub message: u32,
+}
+
+/// Everything the writer commits in one transaction, and the messages to ack after it.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<Message>,
+    pub accepted: Vec<Accepted>,
+    pub rejected: Vec<Rejected>,
+    /// In arrival order.
+    pub acks: Vec<AckToken>,
+    /// When the oldest message of the batch arrived (for the age limit and latency).
+    pub started: Option<Instant>,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.messages.is_empty()
+    }
+
+    /// Judges one message and adds what it turned into.
+    pub fn add(&mut self, inbound: Inbound, judged: crate::model::Outcome) {
+        if self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+        let message = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
+        for (index, reading) in judged.accepted.into_iter().enumerate() {
+            self.accepted.push(Accepted {
+                reading,
+                received_at: inbound.received_at,
+                message,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+            });
+        }
+        for rejection in judged.rejected {
+            metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
+                .increment(1);
+            self.rejected.push(Rejected { rejection, message });
+        }
+        self.acks.push(inbound.ack);
+        self.messages.push(Message {
+            topic: String::from_utf8_lossy(&inbound.topic).into_owned(),
+            payload: inbound.payload,
+            received_at: inbound.received_at,
+        });
+    }
+}
+
+/// What the batcher needs to judge messages.
+pub struct Judge {
+    pub prefix: String,
+    pub limits: Limits,
+    pub registry: watch::Receiver<Arc<Registry>>,
+}
+
+impl Judge {
+    pub fn judge(&self, registry: &Registry, inbound: &Inbound) -> crate::model::Outcome {
+        let topic = String::from_utf8_lossy(&inbound.topic);
+        let ctx = validate::Context {
+            prefix: &self.prefix,
+            registry,
+            limits: &self.limits,
+            now: inbound.received_at,
+        };
+        validate::judge(&topic, &inbound.payload, &ctx)
+    }
+}
+
+/// Limits of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+    pub max_age: Duration,
+}
+
+/// Pulls messages from the queue, judges them, and hands full or old batches to the writer.
+/// Sending to the writer waits while it is busy, which stops this loop pulling from the queue:
+/// that is how a slow or absent database pauses intake. Returns when the queue is closed and
+/// the last batch is handed over.
+pub async fn run(
+    mut rx: mpsc::Receiver<Inbound>,
+    out: mpsc::Sender<Batch>,
+    judge: Judge,
+    limits: BatchLimits,
+) {
+    let mut batch = Batch::default();
+    loop {
+        let deadline = batch.started.map(|s| s + limits.max_age);
+        let next = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = sleep_until(deadline) => {
+                if !flush(&mut batch, &out).await { return; }
+                continue;
+            }
+        };
+        let Some(first) = next else {
+            flush(&mut batch, &out).await;
+            return;
+        };
+        // Judge everything that is already queued with one registry snapshot.
+        let registry = judge.registry.borrow().clone();
+        let mut inbound = Some(first);
+        while let Some(m) = inbound.take() {
+            metrics::counter!(names::MESSAGES_RECEIVED).increment(1);
+            let outcome = judge.judge(&registry, &m);
+            batch.add(m, outcome);
+            if batch.rows() >= limits.max_rows {
+                break;
+            }
+            inbound = rx.try_recv().ok();
+        }
+        metrics::gauge!(names::BUFFERED_READINGS).set(batch.rows() as f64);
+        if batch.rows() >= limits.max_rows && !flush(&mut batch, &out).await {
+            return;
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands the batch to the writer. False when the writer is gone (it only stops on abort).
+async fn flush(batch: &mut Batch, out: &mpsc::Sender<Batch>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    out.send(std::mem::take(batch)).await.is_ok()
+}

@@ -1,0 +1,173 @@
+//! `enalysis-ingest run`: wires the path of a reading together and drives shutdown.
+//!
+//! ```text
+//! mqtt (poll loop) --queue--> batch (judge + collect) --batch--> write (COPY, commit) --> ack
+//! ```
+//! Shutdown is a parameter (a token): stop intake → the batcher flushes → the writer commits and
+//! acks → the MQTT task writes the acks and disconnects. All within `shutdown_timeout_secs`;
+//! past it, whatever is uncommitted stays unacknowledged and the broker redelivers it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, BatchLimits, Judge};
+use crate::config::Config;
+use crate::db::Db;
+use crate::mqtt::{self, Backoff, IntakeControl};
+use crate::registry_sync;
+use crate::validate::Limits;
+use crate::write::{self, Writer};
+
+/// How the daemon ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything received was committed and acknowledged.
+    Drained,
+    /// The deadline passed first; unacknowledged messages will be redelivered.
+    DeadlineExceeded,
+}
+
+/// Runs until `shutdown` fires, then drains.
+pub async fn run(
+    config: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Exit> {
+    let http_addr: std::net::SocketAddr = config.http.addr.parse()?;
+    let db = Db::new(&config.database)?;
+    if !wait_for_database(&db, &shutdown).await? {
+        return Ok(Exit::Drained);
+    }
+    if config.database.migrate_on_start {
+        let mut client = db.get().await?;
+        let report = crate::migrate::run(&mut client)
+            .await
+            .context("migrating at start-up")?;
+        tracing::info!(
+            applied = report.applied.len(),
+            version = report.current,
+            "schema ready"
+        );
+    }
+    let partitions = crate::partitions::Maintenance::new(&config);
+    partitions
+        .run_once(&db)
+        .await
+        .context("creating measurement partitions")?;
+    tokio::spawn(partitions.run_forever(db.clone(), shutdown.clone()));
+
+    let Some(registry) = registry_sync::start(
+        db.clone(),
+        Duration::from_secs(config.registry.refresh_interval_secs),
+        shutdown.clone(),
+    )
+    .await
+    else {
+        return Ok(Exit::Drained);
+    };
+    tracing::info!(entities = registry.borrow().len(), "registry loaded");
+
+    let abort = CancellationToken::new();
+    let writer_done = CancellationToken::new();
+    let (queue_tx, queue_rx) = mpsc::channel(config.ingest.queue_messages);
+    let (intake, mqtt_task) = mqtt::start(
+        &config.mqtt,
+        &config.ingest,
+        queue_tx,
+        IntakeControl {
+            stop_intake: shutdown.clone(),
+            writer_done: writer_done.clone(),
+            abort: abort.clone(),
+        },
+    )?;
+    let http_stop = CancellationToken::new();
+    let bound = crate::http::serve(
+        http_addr,
+        metrics,
+        db.clone(),
+        intake.link.clone(),
+        http_stop.clone(),
+    )
+    .await?;
+    // One batch being written while the next one fills.
+    let (batch_tx, batch_rx) = mpsc::channel(1);
+    let ingest = &config.ingest;
+    let judge = Judge {
+        prefix: config.mqtt.topic_prefix.clone(),
+        limits: Limits {
+            max_payload_bytes: ingest.max_payload_bytes,
+            max_clock_skew: chrono::Duration::seconds(ingest.max_clock_skew_secs as i64),
+            max_age: chrono::Duration::days(ingest.max_age_days as i64),
+        },
+        registry,
+    };
+    let batcher = tokio::spawn(batch::run(
+        queue_rx,
+        batch_tx,
+        judge,
+        BatchLimits {
+            max_rows: ingest.batch_max_rows,
+            max_age: Duration::from_millis(ingest.batch_max_age_ms),
+        },
+    ));
+    let writer = tokio::spawn(write::run(
+        Writer::new(db.clone(), ingest),
+        batch_rx,
+        intake.acker.clone(),
+        abort.clone(),
+        writer_done.clone(),
+    ));
+    tracing::info!(
+        broker = %crate::config::mask_url_password(&config.mqtt.url),
+        database = db.target(),
+        filters = ?mqtt::filters(&config.mqtt),
+        http = %bound,
+        "ingesting"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!(
+        deadline_secs = ingest.shutdown_timeout_secs,
+        "shutting down: draining"
+    );
+    let drain = async {
+        let _ = batcher.await;
+        let _ = writer.await;
+        let _ = mqtt_task.await;
+    };
+    let exit = tokio::select! {
+        _ = drain => Exit::Drained,
+        _ = tokio::time::sleep(Duration::from_secs(ingest.shutdown_timeout_secs)) => {
+            abort.cancel();
+            Exit::DeadlineExceeded
+        }
+    };
+    http_stop.cancel();
+    // Only drained if the writer really finished (it cancels `writer_done` at its end).
+    let exit = if exit == Exit::Drained && !writer_done.is_cancelled() {
+        Exit::DeadlineExceeded
+    } else {
+        exit
+    };
+    Ok(exit)
+}
+
+/// Waits until the database answers (it may still be starting). False if shut down first; an
+/// error that waiting cannot fix (wrong password, unknown database) ends the daemon.
+async fn wait_for_database(db: &Db, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    let mut backoff = Backoff::new(200, 5000);
+    loop {
+        match db.check().await {
+            Ok(()) => return Ok(true),
+            Err(e) if !e.is_transient() => return Err(e.into()),
+            Err(e) => tracing::warn!(error = %e, "database not reachable yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}

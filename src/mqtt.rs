@@ -1,0 +1,370 @@
+//! The MQTT edge: subscribe, forward each message into a bounded queue, send PUBACKs that the
+//! writer asks for, reconnect with backoff.
+//!
+//! Invariants (see ARCHITECTURE.md):
+//! - The task that polls the event loop awaits nothing but `poll()` and free space in the queue
+//!   *before* it polls. It never holds a message while waiting, so a full queue simply stops
+//!   reading from the socket (backpressure) and can never deadlock with the writer's acks.
+//! - Acks go through the client's request channel with `try_ack`, which never waits: the
+//!   channel is sized above the number of messages that can be awaiting an ack.
+//! - An ack is only sent on the connection the message arrived on. After a reconnect the broker
+//!   redelivers unacknowledged messages, so acks for the old connection are dropped (rumqttc
+//!   drops the ones already queued itself) and the redelivered copies are acked instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::{AckToken, Acker, Link};
+use crate::config::{IngestConfig, MqttConfig};
+
+/// One message as received, on its way to the batcher.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub received_at: DateTime<Utc>,
+    pub ack: AckToken,
+}
+
+/// The topic filters for a prefix and optional shared group.
+pub fn filters(cfg: &MqttConfig) -> Vec<String> {
+    ["meters", "assets", "energy-sources", "gateways"]
+        .iter()
+        .map(|kind| {
+            let filter = format!("{}/{kind}/+/readings", cfg.topic_prefix);
+            if cfg.shared_group.is_empty() {
+                filter
+            } else {
+                format!("$share/{}/{filter}", cfg.shared_group)
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSetupError {
+    #[error("mqtt.url: {0}")]
+    Url(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Builds the client options from the configuration.
+pub fn options(
+    cfg: &MqttConfig,
+    ingest: &IngestConfig,
+) -> Result<(MqttOptions, usize), MqttSetupError> {
+    let url = url::Url::parse(&cfg.url).map_err(|e| MqttSetupError::Url(e.to_string()))?;
+    let tls = url.scheme() == "mqtts";
+    let host = url
+        .host_str()
+        .ok_or_else(|| MqttSetupError::Url("no host".into()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
+    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+    // A persistent session: the broker keeps our subscriptions and unacknowledged messages
+    // across restarts. MQTT 5 needs both a non-clean start and a session expiry above 0.
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(cfg.session_expiry_secs));
+    o.set_manual_acks(true);
+    o.set_max_packet_size(Some(cfg.max_packet_bytes));
+    // Ask for as many unacknowledged messages as the queue holds: flow control by the broker
+    // where it enforces it (mosquitto does only loosely; the queue bounds memory regardless).
+    let receive_max = u16::try_from(ingest.queue_messages.clamp(1, 65535)).unwrap_or(65535);
+    o.set_receive_maximum(Some(receive_max));
+    let user = if cfg.username.is_empty() {
+        percent_decode(url.username())
+    } else {
+        cfg.username.clone()
+    };
+    let password = if cfg.password.is_empty() {
+        url.password().map(percent_decode).unwrap_or_default()
+    } else {
+        cfg.password.clone()
+    };
+    if !user.is_empty() || !password.is_empty() {
+        o.set_credentials(user, password);
+    }
+    if tls {
+        o.set_transport(Transport::Tls(tls_config(cfg)?));
+    }
+    // Every message in the queue, in a batch being built or being written may be waiting for
+    // an ack; try_ack must always find room.
+    let request_capacity = ingest.queue_messages + 3 * ingest.batch_max_rows + 1024;
+    o.set_request_channel_capacity(request_capacity);
+    Ok((o, request_capacity))
+}
+
+/// URL userinfo is percent-encoded (`p%40ss` is `p@ss`).
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttSetupError> {
+    let client = (!cfg.client_cert.is_empty()).then_some((
+        "mqtt.client_cert",
+        cfg.client_cert.as_str(),
+        "mqtt.client_key",
+        cfg.client_key.as_str(),
+    ));
+    let config = crate::tls::client_config("mqtt.ca_file", &cfg.ca_file, client)?;
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// The running MQTT side: the client (for acks) and the task driving the event loop.
+pub struct Intake {
+    pub acker: Acker,
+    pub link: Arc<Link>,
+}
+
+/// Signals for the intake task's shutdown choreography.
+pub struct IntakeControl {
+    /// Stop forwarding messages (start of shutdown).
+    pub stop_intake: CancellationToken,
+    /// The writer has queued its last acks: flush them, disconnect, return.
+    pub writer_done: CancellationToken,
+    /// Give up waiting and return now (the shutdown deadline passed).
+    pub abort: CancellationToken,
+}
+
+pub fn start(
+    cfg: &MqttConfig,
+    ingest: &IngestConfig,
+    tx: mpsc::Sender<Inbound>,
+    control: IntakeControl,
+) -> Result<(Intake, tokio::task::JoinHandle<()>), MqttSetupError> {
+    let (opts, capacity) = options(cfg, ingest)?;
+    let (client, eventloop) = AsyncClient::new(opts, capacity);
+    let link = Arc::new(Link::default());
+    let task = tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        filters(cfg),
+        Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
+        link.clone(),
+        tx,
+        control,
+    ));
+    Ok((
+        Intake {
+            acker: Acker::new(client, link.clone()),
+            link,
+        },
+        task,
+    ))
+}
+
+/// Exponential backoff with a floor and a ceiling.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min_ms: u64, max_ms: u64) -> Self {
+        let min = Duration::from_millis(min_ms.max(1));
+        Self {
+            min,
+            max: Duration::from_millis(max_ms.max(min_ms)),
+            next: min,
+        }
+    }
+
+    /// The delay to wait now; the next one doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    mut backoff: Backoff,
+    link: Arc<Link>,
+    tx: mpsc::Sender<Inbound>,
+    control: IntakeControl,
+) {
+    let mut tx = Some(tx);
+    let mut subscribed_once = false;
+    let mut disconnect_sent = false;
+    loop {
+        // Running: wait for room in the queue *before* reading more from the broker.
+        let permit = match &tx {
+            Some(sender) => tokio::select! {
+                biased;
+                _ = control.stop_intake.cancelled() => None,
+                _ = control.abort.cancelled() => return,
+                permit = sender.clone().reserve_owned() => permit.ok(),
+            },
+            None => None,
+        };
+        if permit.is_none() && tx.is_some() {
+            // Intake stops: closing the queue lets the batcher flush what it has.
+            tx = None;
+            tracing::info!("intake stopped; draining");
+        }
+        let draining = tx.is_none();
+        let event = tokio::select! {
+            biased;
+            _ = control.abort.cancelled() => return,
+            _ = control.writer_done.cancelled(), if draining && !disconnect_sent => {
+                // The request channel is FIFO: once the event loop reports this DISCONNECT
+                // written, every ack queued before it was written too.
+                if client.try_disconnect().is_err() {
+                    return;
+                }
+                disconnect_sent = true;
+                continue;
+            }
+            event = eventloop.poll() => event,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                backoff.reset();
+                link.set_connected(true);
+                tracing::info!(
+                    session_present = connack.session_present,
+                    "connected to the MQTT broker"
+                );
+                // A fresh session has no subscriptions; an old one keeps them, but subscribe
+                // once per process anyway in case the topic configuration changed.
+                if (!connack.session_present || !subscribed_once) && tx.is_some() {
+                    let topics = filters
+                        .iter()
+                        .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(topics) {
+                        tracing::error!(error = %e, "could not queue the subscription");
+                    }
+                    subscribed_once = true;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(permit) = permit {
+                    permit.send(Inbound {
+                        topic: publish.topic,
+                        payload: publish.payload,
+                        received_at: Utc::now(),
+                        ack: AckToken::new(publish.pkid, publish.qos, link.current()),
+                    });
+                }
+                // While draining, a message is neither forwarded nor acknowledged: the broker
+                // keeps it for the next session.
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                tracing::info!(codes = ?suback.return_codes, "subscribed");
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(reason = ?d.reason_code, "the broker closed the session");
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                tracing::info!("disconnected from the MQTT broker");
+                link.set_connected(false);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = link.connection_lost();
+                if tx.is_none() && control.writer_done.is_cancelled() {
+                    // Draining and the connection is gone: nothing more can be acked.
+                    return;
+                }
+                let delay = backoff.next_delay();
+                if was_connected {
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "lost the MQTT connection; reconnecting");
+                } else {
+                    tracing::warn!(error = %e, retry_ms = delay.as_millis() as u64, "cannot connect to the MQTT broker; retrying");
+                }
+                tokio::select! {
+                    _ = control.abort.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(prefix: &str, group: &str) -> MqttConfig {
+        let mut c = crate::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .mqtt;
+        c.topic_prefix = prefix.into();
+        c.shared_group = group.into();
+        c
+    }
+
+    #[test]
+    fn filters_cover_the_four_contract_topics() {
+        assert_eq!(
+            filters(&cfg("enalysis/v1", "")),
+            [
+                "enalysis/v1/meters/+/readings",
+                "enalysis/v1/assets/+/readings",
+                "enalysis/v1/energy-sources/+/readings",
+                "enalysis/v1/gateways/+/readings",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shared_group_prefixes_every_filter() {
+        for f in filters(&cfg("site/a", "ingest")) {
+            assert!(f.starts_with("$share/ingest/site/a/"), "{f}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(100, 350);
+        let ms: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 350, 350]);
+        b.reset();
+        assert_eq!(b.next_delay().as_millis(), 100);
+    }
+
+    #[test]
+    fn credentials_come_from_the_url_unless_configured() {
+        let ingest = crate::config::Config::load_from(None, Vec::new())
+            .expect("defaults")
+            .ingest;
+        let mut c = cfg("enalysis/v1", "");
+        c.url = "mqtt://gw%40site:p%3Ass@broker:1884".into();
+        let (o, capacity) = options(&c, &ingest).expect("options");
+        assert_eq!(o.broker_address(), ("broker".to_string(), 1884));
+        let login = o.credentials().expect("credentials");
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("gw@site", "p:ss")
+        );
+        assert!(capacity > ingest.queue_messages + ingest.batch_max_rows);
+        c.username = "other".into();
+        let (o, _) = options(&c, &ingest).expect("options");
+        assert_eq!(o.credentials().expect("credentials").username, "other");
+    }
+}

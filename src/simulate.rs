@@ -1,0 +1,289 @@
+//! `enalysis-ingest simulate`: a gateway simulator and load generator. Publishes readings for the
+//! active meters and energy sources in the database: daily load curves, solar production, a
+//! battery that charges at noon and discharges in the evening, and energy registers that only go
+//! up. Optionally a share of invalid readings, one contract reason after another.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Timelike, Utc};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::db::Db;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Messages per second, across all connections.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// How long to publish, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// MQTT connections to publish over.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// QoS of the publishes: 0 or 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Share of messages (0 to 1) made invalid on purpose, cycling through the reasons.
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid_share: f64,
+    /// One reading per message (`power` only) instead of a `values` map of several metrics.
+    #[arg(long)]
+    pub single: bool,
+}
+
+/// One simulated device.
+#[derive(Debug, Clone)]
+struct Device {
+    topic: String,
+    category: String,
+    battery: bool,
+    /// Nominal power in kW, varied per device so curves differ.
+    scale: f64,
+    energy_kwh: f64,
+    soc: f64,
+    /// Simulated time of this device's next reading.
+    next_ts: DateTime<Utc>,
+}
+
+/// The reasons cycled through by `--invalid-share`; each payload triggers exactly that reason.
+const INVALID: &[&str] = &[
+    "unknown_metric",
+    "invalid_unit",
+    "invalid_value",
+    "invalid_quality",
+    "out_of_range",
+    "future_timestamp",
+    "malformed_payload",
+    "unknown_entity",
+];
+
+pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rate > 0, "--rate must be above 0");
+    anyhow::ensure!(args.connections > 0, "--connections must be above 0");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.invalid_share),
+        "--invalid-share must be between 0 and 1"
+    );
+    let db = Db::new(&config.database)?;
+    let client = db.get().await?;
+    let rows = client
+        .query(
+            "SELECT 'meters', m.id, m.category::text, false FROM meters m WHERE m.active
+             UNION ALL
+             SELECT 'energy-sources', e.id, m.category::text, e.kind = 'battery'
+             FROM energy_sources e JOIN meters m ON m.id = e.meter_id
+             WHERE e.active AND m.active
+             ORDER BY 2",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(crate::db::pg_error_message(&e)))
+        .context("reading the inventory (has `migrate` run, and `provision`?)")?;
+    drop(client);
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "no active meters or energy sources in the database: provision an inventory first"
+    );
+    let prefix = &config.mqtt.topic_prefix;
+    // Simulated time runs at least as fast as real time; when a device gets more than one
+    // message per millisecond-step, it runs faster. Start far enough back that the last reading
+    // is still in the past (future readings would be rejected).
+    let per_device_rate = args.rate as f64 / rows.len() as f64;
+    let step_ms = (1000.0 / per_device_rate).clamp(1.0, 60_000.0) as i64;
+    let span_ms = (per_device_rate * args.duration as f64) as i64 * step_ms;
+    let start = Utc::now() - chrono::Duration::milliseconds(span_ms + 60_000);
+    let mut devices: Vec<Device> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let kind: &str = r.get(0);
+            let id: Uuid = r.get(1);
+            Device {
+                topic: format!("{prefix}/{kind}/{id}/readings"),
+                category: r.get(2),
+                battery: r.get(3),
+                scale: 50.0 + (i % 7) as f64 * 25.0,
+                energy_kwh: 1000.0 * (i + 1) as f64,
+                soc: 50.0,
+                next_ts: start,
+            }
+        })
+        .collect();
+
+    let qos = if args.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for c in 0..args.connections {
+        let mut mqtt = config.mqtt.clone();
+        mqtt.client_id = format!(
+            "{}-sim-{c}-{}",
+            config.mqtt.client_id,
+            Uuid::new_v4().simple()
+        );
+        let (mut opts, _) = crate::mqtt::options(&mqtt, &config.ingest)?;
+        publisher_options(&mut opts);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "simulator connection error; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        clients.push(client);
+    }
+
+    let started = Instant::now();
+    let total = args.rate * args.duration;
+    let tick = Duration::from_millis(10);
+    let mut interval = tokio::time::interval(tick);
+    let mut sent: u64 = 0;
+    let mut readings: u64 = 0;
+    let mut invalid_sent: u64 = 0;
+    let mut next_report = Instant::now() + Duration::from_secs(5);
+    while sent < total {
+        interval.tick().await;
+        // Catch up to where the schedule says we should be.
+        let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        while sent < due {
+            let d = sent as usize % devices.len();
+            let want_invalid = args.invalid_share > 0.0
+                && ((sent + 1) as f64 * args.invalid_share).floor()
+                    > (sent as f64 * args.invalid_share).floor();
+            let (topic, payload, n) = if want_invalid {
+                let reason = INVALID[invalid_sent as usize % INVALID.len()];
+                invalid_sent += 1;
+                invalid_message(&devices[d], reason, prefix)
+            } else {
+                let device = &mut devices[d];
+                let (payload, n) = reading_message(device, step_ms, args.single);
+                (device.topic.clone(), payload, n)
+            };
+            let client = &clients[sent as usize % clients.len()];
+            client
+                .publish(topic, qos, false, payload)
+                .await
+                .context("publishing")?;
+            readings += n;
+            sent += 1;
+        }
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(5);
+            tracing::info!(
+                sent,
+                readings,
+                invalid = invalid_sent,
+                rate = (sent as f64 / started.elapsed().as_secs_f64()) as u64,
+                "publishing"
+            );
+        }
+    }
+    if qos == QoS::AtLeastOnce {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for c in &clients {
+        let _ = c.disconnect().await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "published {sent} messages ({readings} readings, {invalid_sent} invalid) in {secs:.1} s: {:.0} messages/s, broker acked {}",
+        sent as f64 / secs,
+        acked.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+fn publisher_options(opts: &mut MqttOptions) {
+    // A publisher: no session to keep, and QoS 1 publishes in flight up to the broker's limit.
+    opts.set_clean_start(true);
+    opts.set_session_expiry_interval(None);
+    opts.set_manual_acks(false);
+    opts.set_outgoing_inflight_upper_limit(1000);
+}
+
+/// The next reading of a device, its curves evaluated at its simulated time.
+fn reading_message(d: &mut Device, step_ms: i64, single: bool) -> (Vec<u8>, u64) {
+    let ts = d.next_ts;
+    d.next_ts += chrono::Duration::milliseconds(step_ms);
+    let hour = ts.hour() as f64 + ts.minute() as f64 / 60.0;
+    let day = std::f64::consts::TAU * (hour - 6.0) / 24.0;
+    let power = match (d.category.as_str(), d.battery) {
+        // Storage: charge (negative) around noon, discharge in the evening.
+        ("STOR", _) | (_, true) => -d.scale * (std::f64::consts::TAU * (hour - 9.0) / 24.0).sin(),
+        // Solar: a bell over the day, nothing at night.
+        ("PROD", _) => d.scale * (std::f64::consts::PI * (hour - 6.0) / 12.0).sin().max(0.0),
+        // Export: what is left at midday.
+        ("INJ", _) => (d.scale * 0.3 * day.sin()).max(0.0),
+        // Consumption: a base load with a daytime hump.
+        _ => d.scale * (0.6 + 0.3 * day.sin()),
+    };
+    let dt_h = step_ms as f64 / 3_600_000.0;
+    d.energy_kwh += power.abs() * dt_h;
+    d.soc = (d.soc - power * dt_h / d.scale * 10.0).clamp(0.0, 100.0);
+    let ts_ms = ts.timestamp_millis();
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    if single {
+        let v = serde_json::json!({"ts": ts_ms, "metric": "power", "value": round(power), "unit": "kW"});
+        return (v.to_string().into_bytes(), 1);
+    }
+    let mut values = serde_json::Map::new();
+    values.insert("power".into(), round(power).into());
+    values.insert("energy".into(), round(d.energy_kwh).into());
+    values.insert("voltage".into(), round(230.0 + 3.0 * day.cos()).into());
+    if d.category == "STOR" || d.battery {
+        values.insert("state_of_charge".into(), round(d.soc).into());
+    }
+    let n = values.len() as u64;
+    let v = serde_json::json!({"ts": ts_ms, "values": values});
+    (v.to_string().into_bytes(), n)
+}
+
+/// A message that the daemon must reject with `reason`.
+fn invalid_message(d: &Device, reason: &str, prefix: &str) -> (String, Vec<u8>, u64) {
+    let ts = (d.next_ts - chrono::Duration::seconds(1)).timestamp_millis();
+    let body = match reason {
+        "unknown_metric" => serde_json::json!({"ts": ts, "metric": "vibes", "value": 1.0}),
+        "invalid_unit" => {
+            serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "unit": "Hz"})
+        }
+        "invalid_value" => serde_json::json!({"ts": ts, "metric": "power", "value": "lots"}),
+        "invalid_quality" => {
+            serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "quality": "great"})
+        }
+        "out_of_range" => serde_json::json!({"ts": ts, "metric": "voltage", "value": -5.0}),
+        "future_timestamp" => serde_json::json!({
+            "ts": (Utc::now() + chrono::Duration::days(1)).timestamp_millis(),
+            "metric": "power", "value": 1.0
+        }),
+        "unknown_entity" => {
+            let topic = format!("{prefix}/meters/{}/readings", Uuid::new_v4());
+            let v = serde_json::json!({"ts": ts, "metric": "power", "value": 1.0});
+            return (topic, v.to_string().into_bytes(), 1);
+        }
+        _ => return (d.topic.clone(), b"{\"ts\": oops".to_vec(), 1),
+    };
+    (d.topic.clone(), body.to_string().into_bytes(), 1)
+}

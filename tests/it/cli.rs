@@ -1,0 +1,109 @@
+//! Every CLI failure mode gives one clear line on stderr and a non-zero exit.
+
+use crate::support::{self, Cmd};
+
+#[test]
+fn an_unreachable_database_is_one_line_and_exit_1() {
+    let port = crate::common::free_port();
+    Cmd::new(&["migrate"])
+        .env(
+            "DATABASE_URL",
+            &format!("postgres://postgres@127.0.0.1:{port}/x"),
+        )
+        .run()
+        .assert_failed_with("cannot connect to PostgreSQL at 127.0.0.1");
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_one_line_and_exit_1() {
+    let url = crate::common::shared_pg().password_user_url("wrong-password");
+    Cmd::new(&["seed"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .assert_failed_with("password authentication failed");
+}
+
+#[test]
+fn a_malformed_database_url_is_one_line_and_exit_1() {
+    Cmd::new(&["migrate"])
+        .env("DATABASE_URL", "postgres://u@host:notaport/db")
+        .run()
+        .assert_failed_with("malformed PostgreSQL URL");
+}
+
+#[test]
+fn an_unknown_config_key_is_one_line_and_exit_1() {
+    Cmd::new(&["check-config"])
+        .env("ENALYSIS_INGEST__BATCH_ROWS", "5")
+        .run()
+        .assert_failed_with("ingest.batch_rows: unknown field");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"postgres://x@h/d\"\npoolsize = 3\n",
+    )
+    .expect("write");
+    Cmd::new(&[
+        "--config",
+        path.to_str().expect("utf-8 path"),
+        "check-config",
+    ])
+    .run()
+    .assert_failed_with("database.poolsize: unknown field");
+}
+
+#[test]
+fn a_bad_config_value_is_one_line_and_exit_1() {
+    Cmd::new(&["check-config"])
+        .env("ENALYSIS_INGEST__BATCH_MAX_ROWS", "lots")
+        .run()
+        .assert_failed_with("ingest.batch_max_rows");
+    Cmd::new(&["check-config", "--config", "/nonexistent/enalysis.toml"])
+        .run()
+        .assert_failed_with("/nonexistent/enalysis.toml does not exist");
+}
+
+#[test]
+fn check_config_prints_the_effective_values_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "tok-from-file\n").expect("write");
+    let out = Cmd::new(&["check-config"])
+        .env(
+            "DATABASE_URL",
+            "postgres://ingest:db-secret@db.example:5432/energy",
+        )
+        .env("MQTT_URL", "mqtt://gw:mqtt-secret@broker:1883")
+        .env(
+            "ENALYSIS_ADMIN_TOKEN_FILE",
+            token_file.to_str().expect("utf-8 path"),
+        )
+        .env("ENALYSIS_INGEST__BATCH_MAX_ROWS", "1234")
+        .run();
+    out.assert_ok();
+    for secret in ["db-secret", "mqtt-secret", "tok-from-file"] {
+        assert!(
+            !out.stdout.contains(secret),
+            "{secret} leaked: {}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("postgres://ingest:********@db.example:5432/energy")
+    );
+    assert!(out.stdout.contains("batch_max_rows = 1234"));
+    assert!(out.stdout.contains("token = \"********\""));
+}
+
+#[tokio::test]
+async fn migrate_against_a_database_that_does_not_exist_says_so() {
+    let url = support::empty_db().await;
+    let url = format!("{}_missing", url);
+    Cmd::new(&["migrate"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .assert_failed_with("does not exist");
+}

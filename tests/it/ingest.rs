@@ -1,0 +1,408 @@
+//! The pipeline end to end: a real MQTT client publishes, the daemon (a subprocess) writes, the
+//! tests read the rows back.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde_json::json;
+
+use crate::common;
+use crate::support::{self, Daemon, Ids, Publisher, daemon_env, wait_count};
+
+const MEAS: &str = "SELECT count(*) FROM measurements";
+const REJ: &str = "SELECT count(*) FROM rejected_readings";
+
+struct Setup {
+    db: String,
+    client: tokio_postgres::Client,
+    ids: Ids,
+    broker: common::Broker,
+}
+
+async fn setup() -> Setup {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let ids = support::insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    Setup {
+        db,
+        client,
+        ids,
+        broker,
+    }
+}
+
+async fn ext(client: &tokio_postgres::Client, table: &str, id: uuid::Uuid) -> String {
+    client
+        .query_one(
+            &format!("SELECT external_id FROM {table} WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .expect("external id")
+        .get(0)
+}
+
+fn ts(offset_ms: i64) -> String {
+    (Utc::now() - ChronoDuration::minutes(1) + ChronoDuration::milliseconds(offset_ms)).to_rfc3339()
+}
+
+#[tokio::test]
+async fn every_accepted_shape_lands_in_measurements_with_canonical_units() {
+    let s = setup().await;
+    let daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    let publisher = Publisher::connect(&s.broker.url()).await;
+    let meter_ext = ext(&s.client, "meters", s.ids.meter).await;
+    let bat_ext = ext(&s.client, "energy_sources", s.ids.battery).await;
+    let epoch_ms = (Utc::now() - ChronoDuration::seconds(30)).timestamp_millis();
+
+    // 1. single object, meter by UUID, watts converted to kW
+    publisher
+        .publish(
+            &format!("enalysis/v1/meters/{}/readings", s.ids.meter),
+            json!({"ts": ts(1), "metric": "power", "value": 12500.0, "unit": "W"}).to_string(),
+        )
+        .await;
+    // 2. array, meter by external id (2 readings)
+    publisher
+        .publish(
+            &format!("enalysis/v1/meters/{meter_ext}/readings"),
+            json!([
+                {"ts": ts(2), "metric": "voltage", "value": 0.231, "unit": "kV"},
+                {"ts": ts(2), "metric": "energy", "value": 1.5, "unit": "MWh", "quality": "estimated"}
+            ])
+            .to_string(),
+        )
+        .await;
+    // 3. values map on an asset, epoch-ms timestamp (3 readings)
+    publisher
+        .publish(
+            &format!("enalysis/v1/assets/{}/readings", s.ids.asset),
+            json!({"ts": epoch_ms, "values": {"power": 3.0, "current": 4.0, "frequency": 50.0}})
+                .to_string(),
+        )
+        .await;
+    // 4. energy source topic (1 reading), bad quality is stored, not dropped
+    publisher
+        .publish(
+            &format!("enalysis/v1/energy-sources/{}/readings", s.ids.source),
+            json!({"ts": ts(4), "metric": "power", "value": 7.0, "quality": "bad"}).to_string(),
+        )
+        .await;
+    // 5. gateway topic naming each reading's entity (3 readings)
+    publisher
+        .publish(
+            "enalysis/v1/gateways/gw-1/readings",
+            json!([
+                {"meter": s.ids.stor_meter.to_string(), "ts": ts(5), "metric": "power", "value": -4.0},
+                {"asset": s.ids.asset.to_string(), "ts": ts(5), "metric": "temperature", "value": 21.5},
+                {"energy_source": bat_ext, "ts": ts(5), "metric": "state_of_charge", "value": 80.0}
+            ])
+            .to_string(),
+        )
+        .await;
+
+    wait_count(&s.client, MEAS, 10).await;
+    wait_count(&s.client, REJ, 0).await;
+    let row = s
+        .client
+        .query_one(
+            "SELECT value, unit, quality::text FROM measurements
+             WHERE entity_id = $1 AND metric = 'power'",
+            &[&s.ids.meter],
+        )
+        .await
+        .expect("power row");
+    assert_eq!(row.get::<_, f64>(0), 12.5);
+    assert_eq!(row.get::<_, String>(1), "kW");
+    assert_eq!(row.get::<_, String>(2), "good");
+    let row = s
+        .client
+        .query_one(
+            "SELECT value, unit, quality::text FROM measurements
+             WHERE entity_id = $1 AND metric = 'energy'",
+            &[&s.ids.meter],
+        )
+        .await
+        .expect("energy row");
+    assert_eq!(row.get::<_, f64>(0), 1500.0);
+    assert_eq!(row.get::<_, String>(1), "kWh");
+    assert_eq!(row.get::<_, String>(2), "estimated");
+    let v: f64 = s
+        .client
+        .query_one(
+            "SELECT value FROM measurements WHERE entity_id = $1 AND metric = 'voltage'",
+            &[&s.ids.meter],
+        )
+        .await
+        .expect("voltage")
+        .get(0);
+    assert!((v - 231.0).abs() < 1e-9, "{v}");
+    let q: String = s
+        .client
+        .query_one(
+            "SELECT quality::text FROM measurements WHERE entity_id = $1",
+            &[&s.ids.source],
+        )
+        .await
+        .expect("source row")
+        .get(0);
+    assert_eq!(q, "bad");
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn every_rejection_reason_is_stored_with_the_raw_payload() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_INGEST__MAX_PAYLOAD_BYTES".into(), "4096".into()));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let meter = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let future = (Utc::now() + ChronoDuration::hours(1)).to_rfc3339();
+    let stale = (Utc::now() - ChronoDuration::days(500)).to_rfc3339();
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        ("malformed_payload", meter.clone(), b"{not json".to_vec()),
+        ("payload_too_large", meter.clone(), vec![b' '; 5000]),
+        // The daemon only subscribes to the contract's patterns, so the broker only delivers an
+        // unknown topic when it matches one with an empty entity level.
+        (
+            "unknown_topic",
+            "enalysis/v1/meters//readings".into(),
+            b"{}".to_vec(),
+        ),
+        (
+            "unknown_entity",
+            "enalysis/v1/meters/no-such-meter/readings".into(),
+            json!({"ts": ts(0), "metric": "power", "value": 1.0})
+                .to_string()
+                .into(),
+        ),
+        (
+            "invalid_timestamp",
+            meter.clone(),
+            json!({"ts": "yesterday", "metric": "power", "value": 1.0})
+                .to_string()
+                .into(),
+        ),
+        (
+            "future_timestamp",
+            meter.clone(),
+            json!({"ts": future, "metric": "power", "value": 1.0})
+                .to_string()
+                .into(),
+        ),
+        (
+            "stale_timestamp",
+            meter.clone(),
+            json!({"ts": stale, "metric": "power", "value": 1.0})
+                .to_string()
+                .into(),
+        ),
+        (
+            "unknown_metric",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "vibes", "value": 1.0})
+                .to_string()
+                .into(),
+        ),
+        (
+            "invalid_unit",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "power", "value": 1.0, "unit": "V"})
+                .to_string()
+                .into(),
+        ),
+        (
+            "invalid_value",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "power", "value": "12"})
+                .to_string()
+                .into(),
+        ),
+        (
+            "invalid_quality",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "power", "value": 1.0, "quality": "great"})
+                .to_string()
+                .into(),
+        ),
+        (
+            "out_of_range",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "power_factor", "value": 1.5})
+                .to_string()
+                .into(),
+        ),
+        (
+            "category_violation",
+            meter.clone(),
+            json!({"ts": ts(0), "metric": "power", "value": -1.0})
+                .to_string()
+                .into(),
+        ),
+    ];
+    for (_, topic, payload) in &cases {
+        p.publish(topic, payload.clone()).await;
+    }
+    wait_count(&s.client, REJ, cases.len() as i64).await;
+    for (reason, topic, payload) in &cases {
+        let row = s
+            .client
+            .query_one(
+                "SELECT topic, payload, payload_size, detail FROM rejected_readings
+                 WHERE reason = $1::text::rejection_reason_enum",
+                &[reason],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{reason}: {e}"));
+        assert_eq!(&row.get::<_, String>(0), topic, "{reason}");
+        let stored: Vec<u8> = row.get(1);
+        let size: i32 = row.get(2);
+        assert_eq!(size as usize, payload.len(), "{reason}");
+        if *reason == "payload_too_large" {
+            assert_eq!(stored.len(), 4096, "kept up to the limit");
+        } else {
+            assert_eq!(&stored, payload, "{reason}: exact bytes");
+        }
+        assert!(!row.get::<_, String>(3).is_empty(), "{reason}: detail");
+    }
+    wait_count(&s.client, MEAS, 0).await;
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_is_stored_once() {
+    let s = setup().await;
+    let _daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let payload = json!([
+        {"ts": ts(0), "metric": "power", "value": 1.0},
+        {"ts": ts(0), "metric": "power", "value": -1.0, "quality": "bad"},
+        {"ts": ts(1), "metric": "power", "value": 2.0}
+    ])
+    .to_string();
+    for _ in 0..3 {
+        p.publish(&topic, payload.clone()).await;
+    }
+    p.wait_acked(3).await;
+    // A fresh reading after the duplicates proves they were all processed.
+    p.publish(
+        &topic,
+        json!({"ts": ts(9), "metric": "power", "value": 9.0}).to_string(),
+    )
+    .await;
+    wait_count(&s.client, MEAS, 3).await;
+    wait_count(&s.client, REJ, 1).await;
+}
+
+#[tokio::test]
+async fn a_meter_created_while_the_daemon_runs_is_accepted_at_once() {
+    let s = setup().await;
+    let _daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let new_meter: uuid::Uuid = s
+        .client
+        .query_one(
+            "INSERT INTO meters (site_id, name, external_id, category)
+             VALUES ($1, 'New', 'brand-new', 'PROD') RETURNING id",
+            &[&s.ids.site],
+        )
+        .await
+        .expect("insert meter")
+        .get(0);
+    // The NOTIFY-driven reload is fast, but not instantaneous: publish until accepted, each
+    // reading with its own timestamp, and require the first accepted one within a second.
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    loop {
+        p.publish(
+            "enalysis/v1/meters/brand-new/readings",
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let n: i64 = s
+            .client
+            .query_one(
+                "SELECT count(*) FROM measurements WHERE entity_id = $1",
+                &[&new_meter],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the new meter was not accepted"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "accepted only after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn readings_keep_flowing_after_the_broker_restarts() {
+    let mut s = setup().await;
+    let daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    {
+        let p = Publisher::connect(&s.broker.url()).await;
+        p.publish(
+            &topic,
+            json!({"ts": ts(0), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+        wait_count(&s.client, MEAS, 1).await;
+    }
+    s.broker.restart();
+    daemon.wait_for_log("connected to the MQTT broker", 2).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    for i in 1..=20 {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+    }
+    wait_count(&s.client, MEAS, 21).await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_everything_received_and_exits_0() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    // Long batches: the drain, not the timer, must write them.
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "60000".into()));
+    let mut daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    for i in 0..200 {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+    }
+    p.wait_acked(200).await;
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(30).await, Some(0), "{}", daemon.log_text());
+    // Batches only flush on the 60 s timer, so anything in the table was written by the drain.
+    let drained: i64 = s.client.query_one(MEAS, &[]).await.expect("count").get(0);
+    assert!(drained > 0, "nothing was drained: {}", daemon.log_text());
+    // Whatever the daemon had not received yet is still at the broker for the next run.
+    let _next = Daemon::start(&daemon_env_same_client(&env)).await;
+    wait_count(&s.client, MEAS, 200).await;
+}
+
+/// The same settings, so the same client id: the broker's session with what it still holds.
+fn daemon_env_same_client(env: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter(|(k, _)| k != "ENALYSIS_INGEST__BATCH_MAX_AGE_MS")
+        .cloned()
+        .collect()
+}
