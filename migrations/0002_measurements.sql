@@ -53,7 +53,8 @@ BEGIN
         lo := month::timestamp AT TIME ZONE 'UTC';
         hi := (month + interval '1 month')::timestamp AT TIME ZONE 'UTC';
         IF to_regclass(part) IS NULL THEN
-            EXECUTE format('CREATE TABLE %I (LIKE measurements INCLUDING DEFAULTS)', part);
+            -- CHECK constraints too: ATTACH requires every constraint of the parent.
+            EXECUTE format('CREATE TABLE %I (LIKE measurements INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
             -- Rows that landed in the default partition for this month must move first, or
             -- ATTACH fails; the lock keeps new ones from arriving in between.
             LOCK TABLE measurements_default IN EXCLUSIVE MODE;

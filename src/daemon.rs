@@ -53,10 +53,11 @@ pub async fn run(
         );
     }
     let partitions = crate::partitions::Maintenance::new(&config);
-    partitions
-        .run_once(&db)
-        .await
-        .context("creating measurement partitions")?;
+    if let Err(e) = partitions.run_once(&db).await {
+        // Not fatal: the default partition takes the readings meanwhile, and the hourly round
+        // tries again.
+        tracing::error!(error = %format!("{e:#}"), "creating measurement partitions failed");
+    }
     tokio::spawn(partitions.run_forever(db.clone(), shutdown.clone()));
 
     let Some(registry) = registry_sync::start(

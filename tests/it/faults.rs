@@ -83,3 +83,42 @@ async fn the_database_stopped_and_started_mid_stream_loses_nothing() {
         .get(0);
     assert_eq!(distinct, total);
 }
+
+#[tokio::test]
+async fn connections_killed_from_the_server_side_lose_nothing() {
+    let pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    {
+        let mut c = support::connect(&db.url).await;
+        enalysis_ingest::migrate::run(&mut c)
+            .await
+            .expect("migrate");
+    }
+    let client = support::connect(&db.url).await;
+    let ids = support::insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    let mut env = daemon_env(&db.url, &broker.url());
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_ROWS".into(), "20".into()));
+    let _daemon = Daemon::start(&env).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let p = Publisher::connect(&broker.url()).await;
+    let total: i64 = 1500;
+    for i in 0..total {
+        p.publish(&topic, reading(i)).await;
+        if i % 300 == 150 {
+            pg.execute_blocking(
+                &db.name,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'enalysis-ingest'",
+            );
+        }
+    }
+    p.wait_acked(total as usize).await;
+    wait_count(&client, "SELECT count(*) FROM measurements", total).await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT ts) FROM measurements", &[])
+        .await
+        .expect("distinct")
+        .get(0);
+    assert_eq!(distinct, total);
+}

@@ -406,3 +406,120 @@ fn daemon_env_same_client(env: &[(String, String)]) -> Vec<(String, String)> {
         .cloned()
         .collect()
 }
+
+#[tokio::test]
+async fn a_row_the_database_refuses_is_rejected_alone_and_the_rest_of_the_batch_commits() {
+    let s = setup().await;
+    // A rule of the application's that the daemon does not know about.
+    s.client
+        .batch_execute("ALTER TABLE measurements ADD CONSTRAINT no_666 CHECK (value <> 666)")
+        .await
+        .expect("constraint");
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    for i in 0..50 {
+        let value = if i == 17 { 666.0 } else { i as f64 };
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": value}).to_string(),
+        )
+        .await;
+    }
+    wait_count(&s.client, MEAS, 49).await;
+    wait_count(&s.client, REJ, 1).await;
+    let row = s
+        .client
+        .query_one(
+            "SELECT reason::text, detail, payload_text FROM rejected_readings",
+            &[],
+        )
+        .await
+        .expect("rejection");
+    assert_eq!(row.get::<_, String>(0), "invalid_value");
+    assert!(
+        row.get::<_, String>(1).contains("no_666"),
+        "{}",
+        row.get::<_, String>(1)
+    );
+    assert!(row.get::<_, String>(2).contains("666"));
+}
+
+#[tokio::test]
+async fn metrics_and_readiness_are_served_on_the_http_listener() {
+    let s = setup().await;
+    let port = common::free_port();
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    p.publish(
+        &topic,
+        json!({"ts": ts(0), "metric": "power", "value": 1.0}).to_string(),
+    )
+    .await;
+    p.publish(&topic, b"garbage".to_vec()).await;
+    wait_count(&s.client, MEAS, 1).await;
+    wait_count(&s.client, REJ, 1).await;
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the HTTP listener");
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.expect("response");
+        body
+    };
+    let ready = get("/readyz").await;
+    assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
+    assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));
+    let metrics = get("/metrics").await;
+    for name in [
+        "ingest_messages_received_total",
+        "ingest_readings_accepted_total",
+        "ingest_readings_rejected_total{reason=\"malformed_payload\"}",
+        "ingest_batch_rows_bucket",
+        "ingest_flush_duration_seconds_bucket",
+        "ingest_end_to_end_latency_seconds_bucket",
+        "ingest_mqtt_connected 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn daemons_in_a_shared_group_split_the_stream_and_store_it_once() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_MQTT__SHARED_GROUP".into(), "ingest".into()));
+    let a = Daemon::start(&env).await;
+    // Same group, its own client id.
+    let mut env_b = env.clone();
+    env_b.retain(|(k, _)| k != "ENALYSIS_MQTT__CLIENT_ID");
+    env_b.push((
+        "ENALYSIS_MQTT__CLIENT_ID".into(),
+        format!("ingest-b-{}", uuid::Uuid::new_v4().simple()),
+    ));
+    let b = Daemon::start(&env_b).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    for i in 0..400 {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+    }
+    wait_count(&s.client, MEAS, 400).await;
+    // Both took part: each logged at least one committed batch.
+    a.wait_for_log("batch committed", 1).await;
+    b.wait_for_log("batch committed", 1).await;
+}

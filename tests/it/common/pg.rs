@@ -86,9 +86,10 @@ impl PgServer {
         } else {
             None
         };
+        let parent = temp_parent(run_as.is_some());
         let dir = tempfile::Builder::new()
             .prefix("enalysis-it-pg-")
-            .tempdir()
+            .tempdir_in(&parent)
             .map_err(|e| format!("create a temp dir for PostgreSQL: {e}"))?;
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
@@ -401,6 +402,24 @@ pub async fn fresh_db(pg: &PgServer) -> TestDb {
     TestDb {
         url: pg.url(&name),
         name,
+    }
+}
+
+/// Where the cluster's temp dir goes: `$TMPDIR` (or /tmp), except that as root the `postgres`
+/// user must be able to reach it, so a `$TMPDIR` behind a private directory (e.g. under /root)
+/// is replaced with /tmp.
+fn temp_parent(as_postgres: bool) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = std::env::temp_dir();
+    let traversable = tmp.ancestors().all(|dir| {
+        std::fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    });
+    if as_postgres && !traversable {
+        PathBuf::from("/tmp")
+    } else {
+        tmp
     }
 }
 
