@@ -354,8 +354,10 @@ impl EnvLayer {
         let vars: BTreeMap<String, String> = env.into_iter().collect();
         let mut dict = Dict::new();
         for (name, raw) in &vars {
+            // `X_FILE` reads X from a file, unless `X_FILE` is itself a key (mqtt.ca_file).
+            let known = |var: &str| key_for(var).is_some_and(|k| lookup(&defaults, &k).is_some());
             let (base, from_file) = match name.strip_suffix("_FILE") {
-                Some(base) if key_for(base).is_some() => (base, true),
+                Some(base) if !known(name) && key_for(base).is_some() => (base, true),
                 _ => (name.as_str(), false),
             };
             let Some(key) = key_for(base) else { continue };
@@ -525,6 +527,10 @@ mod tests {
         ])
         .expect_err("both set");
         assert!(err.to_string().contains("set only one"), "{err}");
+
+        // A key that itself ends in _file is a key, not a file indirection.
+        let c = load(&[("ENALYSIS_MQTT__CA_FILE", "/etc/ca.pem")]).expect("valid");
+        assert_eq!(c.mqtt.ca_file, "/etc/ca.pem");
 
         let err = load(&[("DATABASE_URL_FILE", "/nonexistent/db")]).expect_err("missing");
         assert!(err.to_string().contains("DATABASE_URL_FILE"), "{err}");

@@ -523,3 +523,111 @@ async fn daemons_in_a_shared_group_split_the_stream_and_store_it_once() {
     a.wait_for_log("batch committed", 1).await;
     b.wait_for_log("batch committed", 1).await;
 }
+
+/// Runs a command that must succeed (certificate tooling for the TLS test).
+fn run(cmd: &str, args: &[&str], dir: &std::path::Path) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn mqtts_with_a_private_ca_and_a_password_is_ingested() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let ids = support::insert_hierarchy(&client).await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let d = certs.path();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        d,
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        d,
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+        d,
+    );
+    run(
+        "mosquitto_passwd",
+        &["-b", "-c", "passwd", "gateway", "s3cret"],
+        d,
+    );
+    let tls_port = common::free_port();
+    let broker = common::Broker::start_with_config(&format!(
+        "allow_anonymous false\npassword_file {p}/passwd\n\
+         listener {tls_port} 127.0.0.1\ncafile {p}/ca.pem\ncertfile {p}/server.pem\nkeyfile {p}/server.key\n",
+        p = d.display()
+    ));
+    let mut env = daemon_env(&db, &format!("mqtts://gateway:s3cret@127.0.0.1:{tls_port}"));
+    env.push((
+        "ENALYSIS_MQTT__CA_FILE".into(),
+        d.join("ca.pem").display().to_string(),
+    ));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&format!(
+        "mqtt://gateway:s3cret@127.0.0.1:{}",
+        broker.port()
+    ))
+    .await;
+    p.publish(
+        &format!("enalysis/v1/meters/{}/readings", ids.meter),
+        json!({"ts": ts(0), "metric": "power", "value": 1.0}).to_string(),
+    )
+    .await;
+    wait_count(&client, MEAS, 1).await;
+}

@@ -228,22 +228,19 @@ impl Daemon {
 
     /// Waits until `needle` appears in at least `count` log lines.
     pub async fn wait_for_log(&self, needle: &str, count: usize) {
-        let what = format!("daemon log to contain {needle:?} {count} time(s)");
-        let log = self.log.clone();
-        let needle = needle.to_string();
-        common::wait_until(std::time::Duration::from_secs(30), &what, || {
-            let log = log.clone();
-            let needle = needle.clone();
-            async move {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter(|l| l.contains(&needle))
-                    .count()
-                    >= count
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let text = self.log_text();
+            if text.lines().filter(|l| l.contains(needle)).count() >= count {
+                return;
             }
-        })
-        .await;
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {needle:?} {count} time(s) in the daemon log:\n{text}"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -310,6 +307,9 @@ impl Publisher {
         );
         opts.set_keep_alive(std::time::Duration::from_secs(5));
         opts.set_max_packet_size(Some(16 * 1024 * 1024));
+        if !url.username().is_empty() {
+            opts.set_credentials(url.username(), url.password().unwrap_or(""));
+        }
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10_000);
         let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = acked.clone();
