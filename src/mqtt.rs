@@ -11,6 +11,7 @@
 //!   redelivers unacknowledged messages, so acks for the old connection are dropped (rumqttc
 //!   drops the ones already queued itself) and the redelivered copies are acked instead.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,9 +101,10 @@ pub fn options(
     if tls {
         o.set_transport(Transport::Tls(tls_config(cfg)?));
     }
-    // Every message in the queue, in a batch being built or being written may be waiting for
-    // an ack; try_ack must always find room.
-    let request_capacity = ingest.queue_messages + 3 * ingest.batch_max_rows + 1024;
+    // try_ack must always find room: every message in the pipeline may be waiting for its ack,
+    // and acks of committed messages wait here until the MQTT task's next polls write them.
+    // flume only allocates what is used, so a generous bound costs nothing.
+    let request_capacity = ingest.queue_messages + 3 * ingest.batch_max_rows + 65_536;
     o.set_request_channel_capacity(request_capacity);
     Ok((o, request_capacity))
 }
@@ -124,6 +126,11 @@ fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttSetupError> {
     let config = crate::tls::client_config("mqtt.ca_file", &cfg.ca_file, client)?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
+
+/// Messages read while the queue is full, because the task polled to write acks. rumqttc reads
+/// at most 10 packets per poll, and the broker's flow control (the receive maximum) bounds the
+/// rest; past this the task stops polling until the queue has room.
+const OVERFLOW_MAX: usize = 1024;
 
 /// The running MQTT side: the client (for acks) and the task driving the event loop.
 pub struct Intake {
@@ -210,20 +217,51 @@ async fn drive(
     let mut tx = Some(tx);
     let mut subscribed_once = false;
     let mut disconnect_sent = false;
+    // Messages received on this connection whose PUBACK has not been written yet.
+    let mut unacked: i64 = 0;
+    // PUBACKs seen written, against `link.acks_queued()`.
+    let mut acks_written: u64 = link.acks_queued();
+    // Messages read while the queue was full (we polled to write acks); bounded.
+    let mut overflow: VecDeque<Inbound> = VecDeque::new();
     loop {
-        // Running: wait for room in the queue *before* reading more from the broker.
-        let permit = match &tx {
-            Some(sender) => tokio::select! {
+        if let Some(sender) = &tx {
+            while let Some(m) = overflow.pop_front() {
+                match sender.try_send(m) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(m)) => {
+                        overflow.push_front(m);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        }
+        // Poll when the queue has room for what may arrive, or when acks wait to be written
+        // (rumqttc writes them only inside poll); a message that arrives then waits in
+        // `overflow`. Otherwise wait, without polling: the broker holds the rest (backpressure).
+        let room = tx
+            .as_ref()
+            .is_some_and(|t| overflow.is_empty() && t.capacity() > 0);
+        let acks_waiting = link.acks_queued() > acks_written;
+        let may_poll = tx.is_none() || room || (acks_waiting && overflow.len() < OVERFLOW_MAX);
+        if !may_poll {
+            let Some(sender) = tx.clone() else { continue };
+            tokio::select! {
                 biased;
-                _ = control.stop_intake.cancelled() => None,
                 _ = control.abort.cancelled() => return,
-                permit = sender.clone().reserve_owned() => permit.ok(),
-            },
-            None => None,
-        };
-        if permit.is_none() && tx.is_some() {
-            // Intake stops: closing the queue lets the batcher flush what it has.
+                _ = control.stop_intake.cancelled() => {}
+                permit = sender.reserve() => drop(permit),
+                _ = link.acks_ready.notified() => {}
+            }
+            if !control.stop_intake.is_cancelled() {
+                continue;
+            }
+        }
+        if tx.is_some() && control.stop_intake.is_cancelled() {
+            // Closing the queue lets the batcher flush what it has. Messages still in
+            // `overflow` are dropped unacknowledged: the broker redelivers them.
             tx = None;
+            overflow.clear();
             tracing::info!("intake stopped; draining");
         }
         let draining = tx.is_none();
@@ -239,11 +277,15 @@ async fn drive(
                 disconnect_sent = true;
                 continue;
             }
+            _ = control.stop_intake.cancelled(), if !draining => continue,
             event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff.reset();
+                unacked = 0;
+                // Acks queued before the reconnect were dropped by rumqttc; start counting anew.
+                acks_written = link.acks_queued();
                 link.set_connected(true);
                 tracing::info!(
                     session_present = connack.session_present,
@@ -261,14 +303,26 @@ async fn drive(
                     subscribed_once = true;
                 }
             }
+            Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
+                acks_written += 1;
+                unacked -= 1;
+                metrics::gauge!(crate::telemetry::names::MQTT_UNACKED).set(unacked as f64);
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(permit) = permit {
-                    permit.send(Inbound {
+                if publish.qos != QoS::AtMostOnce {
+                    unacked += 1;
+                    metrics::gauge!(crate::telemetry::names::MQTT_UNACKED).set(unacked as f64);
+                }
+                if let Some(sender) = &tx {
+                    let inbound = Inbound {
                         topic: publish.topic,
                         payload: publish.payload,
                         received_at: Utc::now(),
                         ack: AckToken::new(publish.pkid, publish.qos, link.current()),
-                    });
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(m)) = sender.try_send(inbound) {
+                        overflow.push_back(m);
+                    }
                 }
                 // While draining, a message is neither forwarded nor acknowledged: the broker
                 // keeps it for the next session.

@@ -56,6 +56,8 @@ pub mod names {
     pub const END_TO_END_LATENCY: &str = "ingest_end_to_end_latency_seconds";
     pub const BUFFERED_READINGS: &str = "ingest_buffered_readings";
     pub const MQTT_CONNECTED: &str = "ingest_mqtt_connected";
+    /// QoS 1 messages received on the current connection whose PUBACK is not written yet.
+    pub const MQTT_UNACKED: &str = "ingest_mqtt_unacked_messages";
     pub const DB_ERRORS: &str = "ingest_db_errors_total";
     pub const REGISTRY_ENTITIES: &str = "ingest_registry_entities";
     pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";
