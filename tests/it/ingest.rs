@@ -631,3 +631,37 @@ async fn mqtts_with_a_private_ca_and_a_password_is_ingested() {
     .await;
     wait_count(&client, MEAS, 1).await;
 }
+
+#[tokio::test]
+async fn a_burst_far_larger_than_the_queue_is_acked_without_reconnects_or_redelivery() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    // A queue much smaller than the burst: intake must pause and resume, and the acks of
+    // committed messages must still be written while it is paused.
+    env.push(("ENALYSIS_INGEST__QUEUE_MESSAGES".into(), "200".into()));
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_ROWS".into(), "500".into()));
+    let daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let total = 20_000;
+    for i in 0..total {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+    }
+    p.wait_acked(total as usize).await;
+    wait_count(&s.client, MEAS, total).await;
+    let log = daemon.log_text();
+    assert!(!log.contains("could not queue a PUBACK"), "{log}");
+    assert!(!log.contains("reconnecting"), "{log}");
+    // Nothing was redelivered.
+    let duplicates: u64 = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "batch committed")
+        .filter_map(|v| v["duplicates"].as_u64())
+        .sum();
+    assert_eq!(duplicates, 0);
+}
