@@ -93,13 +93,14 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         "no active meters or energy sources in the database: provision an inventory first"
     );
     let prefix = &config.mqtt.topic_prefix;
-    // Simulated time runs at least as fast as real time; when a device gets more than one
-    // message per millisecond-step, it runs faster. Start far enough back that the last reading
-    // is still in the past (future readings would be rejected).
+    // Simulated time runs at real time, or faster when a device gets more than one message per
+    // millisecond; then it starts far enough back that the last reading is still in the past
+    // (future readings would be rejected).
     let per_device_rate = args.rate as f64 / rows.len() as f64;
     let step_ms = (1000.0 / per_device_rate).clamp(1.0, 60_000.0) as i64;
     let span_ms = (per_device_rate * args.duration as f64) as i64 * step_ms;
-    let start = Utc::now() - chrono::Duration::milliseconds(span_ms + 60_000);
+    let ahead_ms = (span_ms - args.duration as i64 * 1000).max(0);
+    let start = Utc::now() - chrono::Duration::milliseconds(ahead_ms + 1000);
     let mut devices: Vec<Device> = rows
         .iter()
         .enumerate()
