@@ -20,7 +20,13 @@ pub enum DbError {
     #[error("cannot build the connection pool: {0}")]
     Build(String),
     #[error("cannot connect to PostgreSQL at {target}: {msg}")]
-    Connect { target: String, msg: String },
+    Connect {
+        target: String,
+        msg: String,
+        /// The server refused us for a reason waiting will not fix (SQLSTATE class 28: bad
+        /// credentials; 3D000: no such database).
+        refused: bool,
+    },
     #[error("timed out after {waited:?} waiting for a connection to PostgreSQL at {target}")]
     Timeout { target: String, waited: Duration },
 }
@@ -105,10 +111,18 @@ impl Db {
         self.pg
             .connect(self.tls.clone())
             .await
-            .map_err(|e| DbError::Connect {
-                target: self.target.to_string(),
-                msg: pg_error_message(&e),
-            })
+            .map_err(|e| self.connect_error(&e))
+    }
+
+    fn connect_error(&self, e: &tokio_postgres::Error) -> DbError {
+        let refused = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("28") || c.code() == "3D000");
+        DbError::Connect {
+            target: self.target.to_string(),
+            msg: pg_error_message(e),
+            refused,
+        }
     }
 
     /// `host:port/dbname`, without credentials: safe for logs and error messages.
@@ -127,20 +141,14 @@ impl Db {
         client
             .simple_query("SELECT 1")
             .await
-            .map_err(|e| DbError::Connect {
-                target: self.target.to_string(),
-                msg: pg_error_message(&e),
-            })?;
+            .map_err(|e| self.connect_error(&e))?;
         Ok(())
     }
 
     fn pool_error(&self, e: PoolError) -> DbError {
         let target = self.target.to_string();
         match e {
-            PoolError::Backend(e) => DbError::Connect {
-                target,
-                msg: pg_error_message(&e),
-            },
+            PoolError::Backend(e) => self.connect_error(&e),
             PoolError::Timeout(_) => DbError::Timeout {
                 target,
                 waited: self.wait,
@@ -148,6 +156,7 @@ impl Db {
             other => DbError::Connect {
                 target,
                 msg: other.to_string(),
+                refused: false,
             },
         }
     }

@@ -107,3 +107,20 @@ async fn migrate_against_a_database_that_does_not_exist_says_so() {
         .run()
         .assert_failed_with("does not exist");
 }
+
+#[tokio::test]
+async fn run_with_a_wrong_password_exits_1_instead_of_waiting_forever() {
+    let url = crate::common::shared_pg().password_user_url("wrong-password");
+    let broker = crate::common::Broker::start();
+    let out = Cmd::new(&["run"])
+        .env("DATABASE_URL", &url)
+        .env("MQTT_URL", &broker.url())
+        .env("ENALYSIS_HTTP_ADDR", "127.0.0.1:0")
+        .run();
+    assert_eq!(out.status, Some(1), "{out:?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("password authentication failed"),
+        "{out:?}"
+    );
+}

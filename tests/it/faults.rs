@@ -122,3 +122,39 @@ async fn connections_killed_from_the_server_side_lose_nothing() {
         .get(0);
     assert_eq!(distinct, total);
 }
+
+#[tokio::test]
+async fn a_daemon_started_before_its_database_waits_for_it_then_ingests() {
+    let mut pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    pg.stop();
+    let broker = common::Broker::start();
+    let daemon = Daemon::spawn(&daemon_env(&db.url, &broker.url()));
+    daemon.wait_for_log("database not reachable yet", 1).await;
+    pg.start();
+    daemon.wait_for_log("subscribed", 1).await;
+    let client = support::connect(&db.url).await;
+    let ids = support::insert_hierarchy(&client).await;
+    let p = Publisher::connect(&broker.url()).await;
+    // The registry reloads on the insert's notification; publish until it is accepted.
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    for i in 0..100 {
+        p.publish(&topic, reading(i)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "readings of the meter created after start-up",
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one("SELECT count(*) FROM measurements", &[])
+                    .await
+                    .map(|r| r.get::<_, i64>(0) > 0)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+}
