@@ -14,7 +14,7 @@ use crate::ack::AckToken;
 use crate::model::{Reading, Rejection};
 use crate::mqtt::Inbound;
 use crate::registry::Registry;
-use crate::telemetry::names;
+use crate::telemetry::{RejectionSummary, names};
 use crate::validate::{self, Limits};
 
 /// A message as the writer needs it to store rejections: exact bytes and where they came from.
@@ -78,7 +78,12 @@ impl Batch {
     }
 
     /// Judges one message and adds what it turned into.
-    pub fn add(&mut self, inbound: Inbound, judged: crate::model::Outcome) {
+    pub fn add(
+        &mut self,
+        inbound: Inbound,
+        judged: crate::model::Outcome,
+        summary: &mut RejectionSummary,
+    ) {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
@@ -91,14 +96,16 @@ impl Batch {
                 index: u32::try_from(index).unwrap_or(u32::MAX),
             });
         }
+        let topic = String::from_utf8_lossy(&inbound.topic).into_owned();
         for rejection in judged.rejected {
             metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
                 .increment(1);
+            summary.record(rejection.reason, &topic, &rejection.detail);
             self.rejected.push(Rejected { rejection, message });
         }
         self.acks.push(inbound.ack);
         self.messages.push(Message {
-            topic: String::from_utf8_lossy(&inbound.topic).into_owned(),
+            topic,
             payload: inbound.payload,
             received_at: inbound.received_at,
         });
@@ -130,6 +137,8 @@ impl Judge {
 pub struct BatchLimits {
     pub max_rows: usize,
     pub max_age: Duration,
+    /// How often rejections are summarised in the log.
+    pub log_every: Duration,
 }
 
 /// Pulls messages from the queue, judges them, and hands full or old batches to the writer.
@@ -143,8 +152,10 @@ pub async fn run(
     limits: BatchLimits,
 ) {
     let mut batch = Batch::default();
+    let mut summary = RejectionSummary::new(limits.log_every);
     loop {
         let deadline = batch.started.map(|s| s + limits.max_age);
+        let log_due = summary.due_at().map(Instant::from_std);
         let next = tokio::select! {
             biased;
             m = rx.recv() => m,
@@ -152,9 +163,14 @@ pub async fn run(
                 if !flush(&mut batch, &out).await { return; }
                 continue;
             }
+            _ = sleep_until(log_due) => {
+                summary.maybe_log();
+                continue;
+            }
         };
         let Some(first) = next else {
             flush(&mut batch, &out).await;
+            summary.maybe_log();
             return;
         };
         // Judge everything that is already queued with one registry snapshot.
@@ -163,7 +179,7 @@ pub async fn run(
         while let Some(m) = inbound.take() {
             metrics::counter!(names::MESSAGES_RECEIVED).increment(1);
             let outcome = judge.judge(&registry, &m);
-            batch.add(m, outcome);
+            batch.add(m, outcome, &mut summary);
             if batch.rows() >= limits.max_rows {
                 break;
             }

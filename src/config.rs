@@ -128,6 +128,7 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
+    pub rejection_summary_secs: u64,
 }
 
 impl Config {
@@ -269,6 +270,9 @@ impl Config {
                     self.http.addr
                 ),
             );
+        }
+        if self.log.rejection_summary_secs == 0 {
+            return invalid("log.rejection_summary_secs", "must be above 0".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return invalid("log.level", format!("{:?}: {e}", self.log.level));

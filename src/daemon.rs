@@ -112,6 +112,7 @@ pub async fn run(
         BatchLimits {
             max_rows: ingest.batch_max_rows,
             max_age: Duration::from_millis(ingest.batch_max_age_ms),
+            log_every: Duration::from_secs(config.log.rejection_summary_secs),
         },
     ));
     let writer = tokio::spawn(write::run(

@@ -63,3 +63,64 @@ pub mod names {
     pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";
     pub const PARTITIONS_DROPPED: &str = "ingest_partitions_dropped_total";
 }
+
+/// Rejections are logged as a summary per interval, never one line each: a gateway sending
+/// garbage thousands of times a second must not flood the log. One WARN line per interval with
+/// the count per reason and one sample (topic, detail).
+#[derive(Debug)]
+pub struct RejectionSummary {
+    every: std::time::Duration,
+    started: std::time::Instant,
+    counts: std::collections::BTreeMap<&'static str, u64>,
+    sample: Option<(String, String)>,
+}
+
+impl RejectionSummary {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            started: std::time::Instant::now(),
+            counts: Default::default(),
+            sample: None,
+        }
+    }
+
+    pub fn record(&mut self, reason: crate::model::Reason, topic: &str, detail: &str) {
+        *self.counts.entry(reason.as_str()).or_default() += 1;
+        if self.sample.is_none() {
+            self.sample = Some((topic.to_string(), detail.to_string()));
+        }
+    }
+
+    /// When the summary is due (for a timer), if anything was recorded.
+    pub fn due_at(&self) -> Option<std::time::Instant> {
+        (!self.counts.is_empty()).then_some(self.started + self.every)
+    }
+
+    /// Logs and resets if the interval is over.
+    pub fn maybe_log(&mut self) {
+        if self.started.elapsed() < self.every {
+            return;
+        }
+        if !self.counts.is_empty() {
+            let total: u64 = self.counts.values().sum();
+            let (topic, detail) = self.sample.take().unwrap_or_default();
+            let reasons = self
+                .counts
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::warn!(
+                rejected = total,
+                reasons = %reasons,
+                interval_secs = self.every.as_secs(),
+                topic = %topic,
+                detail = %detail,
+                "readings rejected"
+            );
+            self.counts.clear();
+        }
+        self.started = std::time::Instant::now();
+    }
+}

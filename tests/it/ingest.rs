@@ -665,3 +665,57 @@ async fn a_burst_far_larger_than_the_queue_is_acked_without_reconnects_or_redeli
         .sum();
     assert_eq!(duplicates, 0);
 }
+
+#[tokio::test]
+async fn ten_thousand_rejections_make_a_handful_of_log_lines_that_count_them_all() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_LOG__REJECTION_SUMMARY_SECS".into(), "1".into()));
+    let daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let total = 10_000;
+    for i in 0..total {
+        p.publish(&topic, format!("garbage {i}")).await;
+    }
+    wait_count(&s.client, REJ, total).await;
+    let summaries = || {
+        daemon
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "readings rejected")
+            .collect::<Vec<_>>()
+    };
+    let started = std::time::Instant::now();
+    while summaries()
+        .iter()
+        .filter_map(|v| v["rejected"].as_u64())
+        .sum::<u64>()
+        < total as u64
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "summaries do not add up to {total}: {:?}",
+            summaries()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lines = summaries();
+    assert!(lines.len() <= 15, "{} summary lines", lines.len());
+    assert!(
+        lines[0]["reasons"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("malformed_payload=")),
+        "{:?}",
+        lines[0]
+    );
+    assert!(lines[0]["topic"].as_str().is_some_and(|t| t == topic));
+    // Nothing else logs per rejection (debug lines, on in tests, log per batch).
+    let info_and_above = daemon
+        .log_text()
+        .lines()
+        .filter(|l| !l.contains("\"level\":\"DEBUG\""))
+        .count();
+    assert!(info_and_above < 50, "{info_and_above} lines");
+}
