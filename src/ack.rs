@@ -63,6 +63,7 @@ impl Link {
     pub fn connection_lost(&self) -> bool {
         self.connection.fetch_add(1, Ordering::AcqRel);
         metrics::gauge!(crate::telemetry::names::MQTT_CONNECTED).set(0.0);
+        metrics::counter!(crate::telemetry::names::MQTT_RECONNECTS).increment(1);
         self.connected.swap(false, Ordering::AcqRel)
     }
 }

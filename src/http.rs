@@ -72,6 +72,64 @@ fn describe() {
         names::PARTITIONS_DROPPED,
         "measurements partitions dropped (retention)"
     );
+    describe_gauge!(
+        names::DB_POOL_CONNECTIONS,
+        "Database connections of the pool, by state"
+    );
+    describe_gauge!(
+        names::DB_POOL_WAITING,
+        "Tasks waiting for a pooled connection"
+    );
+    describe_counter!(
+        names::MQTT_RECONNECTS,
+        "Connections to the broker lost and retried"
+    );
+    describe_gauge!(
+        names::MQTT_UNACKED,
+        "QoS 1 messages received on the current connection whose PUBACK is not written yet"
+    );
+    describe_gauge!(
+        names::REGISTRY_REFRESHED,
+        "Unix time of the last successful registry load"
+    );
+    describe_gauge!(names::PROCESS_RESIDENT_MEMORY, "Resident memory in bytes");
+    describe_counter!(
+        names::PROCESS_CPU_SECONDS,
+        "CPU time used, user and system, in seconds"
+    );
+    describe_gauge!(names::PROCESS_OPEN_FDS, "Open file descriptors");
+}
+
+/// Resident memory, CPU time and open file descriptors, from /proc (Linux only; elsewhere the
+/// gauges are simply not set).
+fn process_metrics() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+        if let Some(kib) = rss_kib {
+            metrics::gauge!(names::PROCESS_RESIDENT_MEMORY).set(kib * 1024.0);
+        }
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name (which may contain spaces, hence the last ')').
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            // USER_HZ is 100 on every Linux architecture we run on. The metrics facade's
+            // counters are integers: whole seconds, plenty for rate() over minutes.
+            metrics::counter!(names::PROCESS_CPU_SECONDS)
+                .absolute(((user + system) / 100.0) as u64);
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!(names::PROCESS_OPEN_FDS).set(fds.count() as f64);
+    }
 }
 
 #[derive(Clone)]
@@ -121,6 +179,12 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    // Gauges that describe the moment of the scrape are refreshed by the scrape.
+    let pool = state.db.pool.status();
+    metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "open").set(pool.size as f64);
+    metrics::gauge!(names::DB_POOL_CONNECTIONS, "state" => "idle").set(pool.available as f64);
+    metrics::gauge!(names::DB_POOL_WAITING).set(pool.waiting as f64);
+    process_metrics();
     let body = state.metrics.map(|h| h.render()).unwrap_or_default();
     (
         [(

@@ -86,6 +86,11 @@ pub async fn start(
 
 fn publish_size(r: &Registry) {
     metrics::gauge!(names::REGISTRY_ENTITIES).set(r.len() as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    metrics::gauge!(names::REGISTRY_REFRESHED).set(now);
 }
 
 async fn reload_loop(

@@ -62,6 +62,15 @@ pub mod names {
     pub const REGISTRY_ENTITIES: &str = "ingest_registry_entities";
     pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";
     pub const PARTITIONS_DROPPED: &str = "ingest_partitions_dropped_total";
+    /// Label `state`: `open`, `idle`.
+    pub const DB_POOL_CONNECTIONS: &str = "ingest_db_pool_connections";
+    pub const DB_POOL_WAITING: &str = "ingest_db_pool_waiting";
+    pub const MQTT_RECONNECTS: &str = "ingest_mqtt_reconnects_total";
+    pub const REGISTRY_REFRESHED: &str = "ingest_registry_last_refresh_timestamp_seconds";
+    // Process basics, with the names Prometheus client libraries use.
+    pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+    pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+    pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
 }
 
 /// Rejections are logged as a summary per interval, never one line each: a gateway sending

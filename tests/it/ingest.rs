@@ -490,9 +490,40 @@ async fn metrics_and_readiness_are_served_on_the_http_listener() {
         "ingest_flush_duration_seconds_bucket",
         "ingest_end_to_end_latency_seconds_bucket",
         "ingest_mqtt_connected 1",
+        "ingest_buffered_readings",
+        "ingest_readings_duplicate_total",
+        "ingest_db_pool_connections{state=\"open\"}",
+        "ingest_registry_entities",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // The exposition passes Prometheus' own linter.
+    let body = metrics
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed for this test: apt-get install -y prometheus");
+    {
+        use std::io::Write;
+        let mut stdin = promtool.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).expect("write metrics");
+    }
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
