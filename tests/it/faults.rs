@@ -158,3 +158,41 @@ async fn a_daemon_started_before_its_database_waits_for_it_then_ingests() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn readyz_says_503_while_the_database_is_down_and_200_when_it_is_back() {
+    let mut pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    let broker = common::Broker::start();
+    let port = common::free_port();
+    let mut env = daemon_env(&db.url, &broker.url());
+    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let _daemon = Daemon::start(&env).await;
+    assert!(
+        support::http_get(port, "/readyz")
+            .await
+            .starts_with("HTTP/1.0 200")
+    );
+    pg.stop();
+    let response = support::http_get(port, "/readyz").await;
+    assert!(response.starts_with("HTTP/1.0 503"), "{response}");
+    assert!(response.contains("database"), "{response}");
+    // Alive all the same.
+    assert!(
+        support::http_get(port, "/healthz")
+            .await
+            .starts_with("HTTP/1.0 200")
+    );
+    pg.start();
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "/readyz to be 200 again",
+        || async move {
+            support::http_get(port, "/readyz")
+                .await
+                .starts_with("HTTP/1.0 200")
+        },
+    )
+    .await;
+}

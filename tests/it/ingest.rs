@@ -465,19 +465,7 @@ async fn metrics_and_readiness_are_served_on_the_http_listener() {
     p.publish(&topic, b"garbage".to_vec()).await;
     wait_count(&s.client, MEAS, 1).await;
     wait_count(&s.client, REJ, 1).await;
-    let get = |path: &'static str| async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect to the HTTP listener");
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.expect("response");
-        body
-    };
+    let get = |path: &'static str| support::http_get(port, path);
     let ready = get("/readyz").await;
     assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
     assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));

@@ -384,3 +384,18 @@ pub async fn wait_count(client: &tokio_postgres::Client, sql: &str, expected: i6
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A plain HTTP/1.0 GET against the daemon's listener; the whole response, headers included.
+pub async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the HTTP listener");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("response");
+    body
+}
