@@ -159,6 +159,19 @@ impl Writer {
                 Err(e) => return Err(WriteError::from_pg(&e)),
             }
         }
+        if rows.is_empty() {
+            // Only rejections: no staging needed.
+            let tx = client
+                .transaction()
+                .await
+                .map_err(|e| WriteError::from_pg(&e))?;
+            let rejected = insert_rejections(&tx, batch, &[], self.payload_keep).await?;
+            tx.commit().await.map_err(|e| WriteError::from_pg(&e))?;
+            return Ok(Written {
+                rejected,
+                ..Written::default()
+            });
+        }
         self.staged_left = self.staged_left.saturating_sub(1);
 
         let mut tx = client
