@@ -13,6 +13,18 @@ fn reading(i: i64) -> String {
     json!({"ts": ts.to_rfc3339(), "metric": "power", "value": i as f64}).to_string()
 }
 
+/// A cluster of its own (the test stops or disturbs it), migrated, with the test inventory.
+async fn dedicated_with_inventory() -> (common::PgServer, common::TestDb, support::Ids) {
+    let pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    let mut client = support::connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut client)
+        .await
+        .expect("migrate");
+    let ids = support::insert_hierarchy(&client).await;
+    (pg, db, ids)
+}
+
 #[tokio::test]
 async fn sigkill_mid_stream_and_restart_loses_nothing_and_stores_nothing_twice() {
     let db = support::migrated_db().await;
@@ -44,17 +56,8 @@ async fn sigkill_mid_stream_and_restart_loses_nothing_and_stores_nothing_twice()
 
 #[tokio::test]
 async fn the_database_stopped_and_started_mid_stream_loses_nothing() {
-    let mut pg = common::PgServer::dedicated();
-    let db = common::fresh_db(&pg).await.url.clone();
-    {
-        let mut c = support::connect(&db).await;
-        enalysis_ingest::migrate::run(&mut c)
-            .await
-            .expect("migrate");
-    }
-    let client = support::connect(&db).await;
-    let ids = support::insert_hierarchy(&client).await;
-    drop(client);
+    let (mut pg, db, ids) = dedicated_with_inventory().await;
+    let db = db.url;
     let broker = common::Broker::start();
     let mut env = daemon_env(&db, &broker.url());
     // A small queue, so the outage outlasts the daemon's buffer and intake must pause.
@@ -86,16 +89,8 @@ async fn the_database_stopped_and_started_mid_stream_loses_nothing() {
 
 #[tokio::test]
 async fn connections_killed_from_the_server_side_lose_nothing() {
-    let pg = common::PgServer::dedicated();
-    let db = common::fresh_db(&pg).await;
-    {
-        let mut c = support::connect(&db.url).await;
-        enalysis_ingest::migrate::run(&mut c)
-            .await
-            .expect("migrate");
-    }
+    let (pg, db, ids) = dedicated_with_inventory().await;
     let client = support::connect(&db.url).await;
-    let ids = support::insert_hierarchy(&client).await;
     let broker = common::Broker::start();
     let mut env = daemon_env(&db.url, &broker.url());
     env.push(("ENALYSIS_INGEST__BATCH_MAX_ROWS".into(), "20".into()));
