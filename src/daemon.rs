@@ -13,6 +13,9 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use crate::ack::Link;
 use crate::batch::{self, BatchLimits, Judge};
 use crate::config::Config;
 use crate::db::Db;
@@ -38,6 +41,19 @@ pub async fn run(
 ) -> anyhow::Result<Exit> {
     let http_addr: std::net::SocketAddr = config.http.addr.parse()?;
     let db = Db::new(&config.database)?;
+    // Up first, so /healthz answers (and /readyz says why not ready) while the database or the
+    // broker is still coming up.
+    let link = Arc::new(Link::default());
+    let http_stop = CancellationToken::new();
+    let bound = crate::http::serve(
+        http_addr,
+        metrics,
+        db.clone(),
+        link.clone(),
+        http_stop.clone(),
+    )
+    .await?;
+    let stop_http = http_stop.clone().drop_guard();
     if !wait_for_database(&db, &shutdown).await? {
         return Ok(Exit::Drained);
     }
@@ -78,21 +94,13 @@ pub async fn run(
         &config.mqtt,
         &config.ingest,
         queue_tx,
+        link,
         IntakeControl {
             stop_intake: shutdown.clone(),
             writer_done: writer_done.clone(),
             abort: abort.clone(),
         },
     )?;
-    let http_stop = CancellationToken::new();
-    let bound = crate::http::serve(
-        http_addr,
-        metrics,
-        db.clone(),
-        intake.link.clone(),
-        http_stop.clone(),
-    )
-    .await?;
     // One batch being written while the next one fills.
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let ingest = &config.ingest;
@@ -147,7 +155,7 @@ pub async fn run(
             Exit::DeadlineExceeded
         }
     };
-    http_stop.cancel();
+    drop(stop_http);
     // Only drained if the writer really finished (it cancels `writer_done` at its end).
     let exit = if exit == Exit::Drained && !writer_done.is_cancelled() {
         Exit::DeadlineExceeded

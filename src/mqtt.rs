@@ -152,11 +152,11 @@ pub fn start(
     cfg: &MqttConfig,
     ingest: &IngestConfig,
     tx: mpsc::Sender<Inbound>,
+    link: Arc<Link>,
     control: IntakeControl,
 ) -> Result<(Intake, tokio::task::JoinHandle<()>), MqttSetupError> {
     let (opts, capacity) = options(cfg, ingest)?;
     let (client, eventloop) = AsyncClient::new(opts, capacity);
-    let link = Arc::new(Link::default());
     let task = tokio::spawn(drive(
         eventloop,
         client.clone(),
