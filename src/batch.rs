@@ -204,5 +204,7 @@ async fn flush(batch: &mut Batch, out: &mpsc::Sender<Batch>) -> bool {
     if batch.is_empty() {
         return true;
     }
-    out.send(std::mem::take(batch)).await.is_ok()
+    let sent = out.send(std::mem::take(batch)).await.is_ok();
+    metrics::gauge!(names::BUFFERED_READINGS).set(0.0);
+    sent
 }

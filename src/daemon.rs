@@ -47,6 +47,7 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let bound = crate::http::serve(
         http_addr,
+        &config.admin.token,
         metrics,
         db.clone(),
         link.clone(),

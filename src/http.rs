@@ -1,4 +1,5 @@
-//! The HTTP listener (CONTRACT.md §5): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP listener (CONTRACT.md §5): `/metrics`, `/healthz`, `/readyz`, and the admin API
+//! under `/api/v1` (behind its bearer token; see `admin`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -142,11 +143,13 @@ struct AppState {
 /// Serves until `shutdown`. Returns the bound address (port 0 picks a free one).
 pub async fn serve(
     addr: SocketAddr,
+    admin_token: &str,
     metrics: Option<PrometheusHandle>,
     db: Db,
     link: Arc<Link>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
+    crate::admin::check_listen(addr, admin_token).map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http.addr): {e}"))?;
@@ -166,7 +169,15 @@ pub async fn serve(
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
-        .with_state(AppState { metrics, db, link });
+        .with_state(AppState {
+            metrics,
+            db: db.clone(),
+            link,
+        })
+        .merge(crate::admin::router(
+            crate::admin::AdminState { db },
+            admin_token.to_string(),
+        ));
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

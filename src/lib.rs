@@ -4,6 +4,7 @@
 //! [`batch`] → [`write`] → [`ack`]. See ARCHITECTURE.md for the map and its invariants.
 
 pub mod ack;
+pub mod admin;
 pub mod batch;
 pub mod catalogue;
 pub mod cli;

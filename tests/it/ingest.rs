@@ -738,3 +738,125 @@ async fn ten_thousand_rejections_make_a_handful_of_log_lines_that_count_them_all
         .count();
     assert!(info_and_above < 50, "{info_and_above} lines");
 }
+
+#[tokio::test]
+async fn operators_read_readings_and_rejections_and_create_meters_through_the_api() {
+    let s = setup().await;
+    let port = common::free_port();
+    let token = "test-token";
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    env.push(("ENALYSIS_ADMIN_TOKEN".into(), token.into()));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    for i in 0..10 {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i * 1000), "metric": "power", "value": i as f64}).to_string(),
+        )
+        .await;
+    }
+    p.publish(&topic, b"not json".to_vec()).await;
+    wait_count(&s.client, MEAS, 10).await;
+    wait_count(&s.client, REJ, 1).await;
+
+    let path = format!("/api/v1/meters/{}/measurements?metric=power", s.ids.meter);
+    assert_eq!(support::http(port, "GET", &path, None, None).await.0, 401);
+    let (status, body) = support::http(port, "GET", &path, Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["items"].as_array().map(|a| a.len()), Some(10), "{body}");
+    assert_eq!(v["items"][0]["value"], 9.0, "newest first: {body}");
+
+    let (status, body) =
+        support::http(port, "GET", &format!("{path}&bucket=1h"), Some(token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let count: i64 = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|b| b["count"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(count, 10, "{body}");
+
+    let (status, body) = support::http(
+        port,
+        "GET",
+        "/api/v1/rejections?reason=malformed_payload",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("not json"), "{body}");
+    let (status, _) = support::http(
+        port,
+        "GET",
+        "/api/v1/rejections?reason=nope",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // A meter created through the API is accepted by the running pipeline at once.
+    let (status, body) = support::http(
+        port,
+        "POST",
+        "/api/v1/meters",
+        Some(token),
+        Some(&json!({"site_id": s.ids.site, "name": "Via API", "external_id": "via-api", "category": "PROD"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    loop {
+        p.publish(
+            "enalysis/v1/meters/via-api/readings",
+            json!({"ts": ts(100_000 + i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let n: i64 = s
+            .client
+            .query_one(
+                "SELECT count(*) FROM measurements m JOIN meters e ON e.id = m.entity_id
+                 WHERE e.external_id = 'via-api'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "not accepted"
+        );
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_a_public_listener_without_an_admin_token() {
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+    env.push((
+        "ENALYSIS_HTTP_ADDR".into(),
+        format!("0.0.0.0:{}", common::free_port()),
+    ));
+    let mut daemon = Daemon::spawn(&env);
+    assert_eq!(daemon.wait_exit(20).await, Some(1));
+    assert!(
+        daemon.log_text().contains("error: "),
+        "{}",
+        daemon.log_text()
+    );
+}

@@ -1,7 +1,9 @@
 //! The one integration-test binary: real PostgreSQL and mosquitto, started by `common`.
 
+mod admin;
 mod cli;
 mod common;
+mod deploy;
 mod faults;
 mod harness;
 mod ingest;

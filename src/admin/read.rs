@@ -1,0 +1,244 @@
+//! The read side for operators: readings of one entity (raw or bucketed) and recent rejections,
+//! enough to see that data flows without opening psql.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{AdminState, ApiError};
+use crate::model::{EntityKind, Reason};
+
+/// Routes under `/api/v1`, merged into the admin router (and so behind its token).
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route(
+            "/api/v1/meters/{id}/measurements",
+            get(|s, p, q| measurements(s, EntityKind::Meter, p, q)),
+        )
+        .route(
+            "/api/v1/assets/{id}/measurements",
+            get(|s, p, q| measurements(s, EntityKind::Asset, p, q)),
+        )
+        .route(
+            "/api/v1/energy-sources/{id}/measurements",
+            get(|s, p, q| measurements(s, EntityKind::EnergySource, p, q)),
+        )
+        .route("/api/v1/rejections", get(rejections))
+}
+
+const MAX_LIMIT: i64 = 10_000;
+
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad_request("query", e.body_text())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementQuery {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// `1m`, `15m`, `1h`, `1d`, … or seconds; absent = raw readings.
+    bucket: Option<String>,
+    limit: Option<i64>,
+}
+
+fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    raw.as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::bad_request(field, format!("{s:?} is not RFC 3339: {e}")))
+        })
+        .transpose()
+}
+
+/// A bucket width: `30s`, `5m`, `1h`, `1d`, or a bare number of seconds; 1 s to 31 days.
+fn parse_bucket(raw: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bucket",
+            format!("{raw:?}: expected a width such as 30s, 15m, 1h, 1d (1 s to 31 d)"),
+        )
+    };
+    let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if !(1..=31 * 86_400).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
+fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "limit",
+            format!("{n}: must be 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn table(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::Meter => "meters",
+        EntityKind::Asset => "assets",
+        EntityKind::EnergySource => "energy_sources",
+    }
+}
+
+async fn measurements(
+    State(state): State<AdminState>,
+    kind: EntityKind,
+    Path(id): Path<String>,
+    q: Result<Query<MeasurementQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))?;
+    let to = parse_time("to", &q.to)?.unwrap_or_else(|| Utc::now() + Duration::minutes(5));
+    let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
+    if from >= to {
+        return Err(ApiError::bad_request("from", "must be before `to`"));
+    }
+    if let Some(m) = &q.metric {
+        if crate::catalogue::lookup(m).is_none() {
+            return Err(ApiError::bad_request(
+                "metric",
+                format!("unknown metric {m:?}"),
+            ));
+        }
+    }
+    let client = state.db.get().await?;
+    let exists = client
+        .query_opt(
+            &format!("SELECT 1 FROM {} WHERE id = $1", table(kind)),
+            &[&id],
+        )
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    if exists.is_none() {
+        return Err(ApiError::not_found(format!("no {} {id}", kind.as_str())));
+    }
+    let rows = match &q.bucket {
+        None => {
+            let limit = limit(q.limit, 1000)?;
+            client
+                .query(
+                    "SELECT jsonb_build_object('metric', metric, 'ts', ts, 'value', value,
+                         'unit', unit, 'quality', quality, 'received_at', received_at)
+                     FROM measurements
+                     WHERE entity_type = $1 AND entity_id = $2
+                       AND ($3::text IS NULL OR metric = $3) AND ts >= $4 AND ts < $5
+                     ORDER BY metric, ts DESC LIMIT $6",
+                    &[&kind, &id, &q.metric, &from, &to, &limit],
+                )
+                .await
+        }
+        Some(bucket) => {
+            let secs = parse_bucket(bucket)?;
+            let limit = limit(q.limit, 1000)?;
+            client
+                .query(
+                    "SELECT jsonb_build_object('metric', metric, 'bucket', b, 'unit', min(unit),
+                         'avg', avg(value), 'min', min(value), 'max', max(value),
+                         'last', (array_agg(value ORDER BY ts DESC))[1], 'count', count(*))
+                     FROM (SELECT metric, unit, value, ts,
+                                  date_bin(make_interval(secs => $6), ts, 'epoch') AS b
+                           FROM measurements
+                           WHERE entity_type = $1 AND entity_id = $2
+                             AND ($3::text IS NULL OR metric = $3) AND ts >= $4 AND ts < $5) r
+                     GROUP BY metric, b ORDER BY metric, b DESC LIMIT $7",
+                    &[&kind, &id, &q.metric, &from, &to, &(secs as f64), &limit],
+                )
+                .await
+        }
+    }
+    .map_err(|e| ApiError::from_pg(&e))?;
+    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(Json(json!({
+        "entity_type": kind.as_str(),
+        "entity_id": id,
+        "from": from,
+        "to": to,
+        "bucket": q.bucket,
+        "items": items,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectionQuery {
+    reason: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn rejections(
+    State(state): State<AdminState>,
+    q: Result<Query<RejectionQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(query_error)?;
+    if let Some(r) = &q.reason {
+        if !Reason::ALL.iter().any(|x| x.as_str() == r) {
+            return Err(ApiError::bad_request(
+                "reason",
+                format!("unknown reason {r:?}"),
+            ));
+        }
+    }
+    let since = parse_time("since", &q.since)?.unwrap_or(Utc::now() - Duration::hours(24));
+    let limit = limit(q.limit, 100)?;
+    let client = state.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT jsonb_build_object('id', id, 'received_at', received_at, 'topic', topic,
+                 'reason', reason, 'detail', detail, 'entity_type', entity_type,
+                 'entity_id', entity_id, 'metric', metric, 'ts', ts,
+                 'payload_size', payload_size, 'payload_text', left(payload_text, 4096))
+             FROM rejected_readings
+             WHERE ($1::text IS NULL OR reason = $1::text::rejection_reason_enum)
+               AND received_at >= $2
+             ORDER BY received_at DESC LIMIT $3",
+            &[&q.reason, &since, &limit],
+        )
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    Ok(Json(json!({ "since": since, "items": items })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_widths_parse_with_units_and_bounds() {
+        for (raw, secs) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1d", 86_400),
+            ("60", 60),
+        ] {
+            assert_eq!(parse_bucket(raw).ok(), Some(secs), "{raw}");
+        }
+        for raw in ["", "0s", "1w", "h", "-5m", "32d", "99999999999999999999d"] {
+            assert!(parse_bucket(raw).is_err(), "{raw}");
+        }
+    }
+}

@@ -1,0 +1,912 @@
+//! The admin API (CONTRACT.md §5, issue 4): served in-process by `admin::router` on a free
+//! loopback port against a fresh, migrated database, and spoken to with a tiny HTTP/1.1 client.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use enalysis_ingest::admin::{self, AdminState, crud};
+use enalysis_ingest::config::Config;
+use enalysis_ingest::db::Db;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common;
+use crate::support;
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// The admin router served on 127.0.0.1:0 until dropped.
+struct Api {
+    port: u16,
+    token: String,
+    db_url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts an error response: status, `code` and `field`; returns the message.
+    fn assert_error(&self, status: u16, code: &str, field: Option<&str>) -> String {
+        assert_eq!(self.status, status, "{self:?}");
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "{self:?}");
+        assert_eq!(v["error"]["field"].as_str(), field, "{self:?}");
+        let message = v["error"]["message"]
+            .as_str()
+            .expect("a message")
+            .to_string();
+        assert!(!message.is_empty());
+        // Nothing of SQL or the driver leaks into a body.
+        for leak in [
+            "SELECT", "INSERT", "UPDATE ", "DELETE", "ERROR", "violates", "$1", "::", "db error",
+            "relation",
+        ] {
+            assert!(!self.body.contains(leak), "{leak:?} leaked: {self:?}");
+        }
+        message
+    }
+}
+
+fn state(db_url: &str) -> AdminState {
+    let cfg = Config::load_from(None, [("DATABASE_URL".to_string(), db_url.to_string())])
+        .expect("config");
+    AdminState {
+        db: Db::new(&cfg.database).expect("pool"),
+    }
+}
+
+/// Serves `app` on a free loopback port until the task is aborted.
+async fn serve(app: axum::Router) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("serve");
+    });
+    (port, server)
+}
+
+impl Api {
+    async fn start() -> Api {
+        Self::start_with(&support::migrated_db().await, TOKEN).await
+    }
+
+    async fn start_with(db_url: &str, token: &str) -> Api {
+        let (port, server) = serve(admin::router(state(db_url), token.to_string())).await;
+        Api {
+            port,
+            token: token.to_string(),
+            db_url: db_url.to_string(),
+            server,
+        }
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        support::connect(&self.db_url).await
+    }
+
+    /// Sends `head` (request line and headers, without the blank line) and `body`.
+    async fn raw(&self, head: &str, body: &[u8]) -> Resp {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect");
+        let mut request = format!("{head}\r\nHost: x\r\nConnection: close\r\n");
+        if !body.is_empty() {
+            request += &format!("Content-Length: {}\r\n", body.len());
+        }
+        request += "\r\n";
+        let (mut rd, mut wr) = stream.split();
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        // Write and read at once: the server may answer (413) before it has read the body.
+        let write = async {
+            let _ = wr.write_all(&bytes).await;
+        };
+        let read = async {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    // A reset after the response (unread body) ends the exchange too.
+                    Err(_) if !out.is_empty() => break,
+                    Err(e) => panic!("read response: {e}"),
+                }
+            }
+            out
+        };
+        let ((), out) = tokio::join!(write, read);
+        let text = String::from_utf8(out).expect("UTF-8 response");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{head}"
+        );
+        Resp {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    /// A request with the right token; a JSON body when given.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nAuthorization: Bearer {}",
+            self.token
+        );
+        let body = match body {
+            Some(v) => {
+                head += "\r\nContent-Type: application/json";
+                v.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        self.raw(&head, &body).await
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.call("GET", path, None).await
+    }
+
+    /// POSTs and expects 201; returns the row.
+    async fn create(&self, collection: &str, body: Value) -> Value {
+        let r = self
+            .call("POST", &format!("/api/v1/{collection}"), Some(body))
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.json()
+    }
+}
+
+fn id(row: &Value) -> String {
+    row["id"].as_str().expect("an id").to_string()
+}
+
+/// Row counts of every table of the hierarchy: "nothing was written" is "these did not change".
+async fn counts(client: &tokio_postgres::Client) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for t in crud::TABLES {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
+            .await
+            .expect("count")
+            .get(0);
+        out.insert(t.name.to_string(), n);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_hierarchy_is_created_read_updated_deactivated_and_deleted_with_its_subtree() {
+    let api = Api::start().await;
+    let p = api
+        .create(
+            "portfolios",
+            json!({"name": "Acme", "metadata": {"owner": "ops"}}),
+        )
+        .await;
+    assert_eq!(p["name"], "Acme");
+    assert_eq!(p["active"], true);
+    assert_eq!(p["metadata"], json!({"owner": "ops"}));
+    assert_eq!(p["description"], Value::Null);
+    let created = p["created_at"].as_str().expect("created_at");
+    chrono::DateTime::parse_from_rfc3339(created).expect("RFC 3339 timestamps");
+
+    let site = api
+        .create(
+            "sites",
+            json!({"portfolio_id": id(&p), "name": "DC1", "industry_type": "datacenter",
+                   "latitude": 52.37, "longitude": 4.9, "timezone": "Europe/Amsterdam"}),
+        )
+        .await;
+    assert_eq!(site["industry_type"], "datacenter");
+    assert_eq!(site["latitude"], 52.37);
+    let meter = api
+        .create(
+            "meters",
+            json!({"site_id": id(&site), "name": "Main", "external_id": "EAN-1", "category": "CONS",
+                   "description": "incomer"}),
+        )
+        .await;
+    assert_eq!(meter["reading_frequency"], "15min", "the default");
+    let parent = api
+        .create(
+            "assets",
+            json!({"meter_id": id(&meter), "name": "UPS", "rated_power_kw": 250}),
+        )
+        .await;
+    let child = api
+        .create(
+            "assets",
+            json!({"meter_id": id(&meter), "name": "Rack 1", "parent_asset_id": id(&parent)}),
+        )
+        .await;
+    api.create(
+        "asset-connections",
+        json!({"source_asset_id": id(&parent), "target_asset_id": id(&child),
+               "relationship": "energy_flow"}),
+    )
+    .await;
+    api.create(
+        "energy-sources",
+        json!({"meter_id": id(&meter), "name": "PV", "kind": "solar", "capacity_kw": 120.5}),
+    )
+    .await;
+    api.create(
+        "grid-links",
+        json!({"site_id": id(&site), "name": "Grid", "direction": "bi",
+               "tariff_structure": {"peak": 0.31}}),
+    )
+    .await;
+    api.create(
+        "recommendations",
+        json!({"site_id": id(&site), "title": "Shift load", "category": "efficiency",
+               "roi_percent": -3.5}),
+    )
+    .await;
+
+    // Read one, list by parent.
+    let got = api.get(&format!("/api/v1/meters/{}", id(&meter))).await;
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(got.json(), meter);
+    let children = api
+        .get(&format!("/api/v1/assets?parent_asset_id={}", id(&parent)))
+        .await
+        .json();
+    assert_eq!(children["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(children["items"][0]["id"], child["id"]);
+    assert_eq!(children["next_cursor"], Value::Null);
+    let top = api.get("/api/v1/assets?parent_asset_id=null").await.json();
+    assert_eq!(top["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(top["items"][0]["id"], parent["id"]);
+
+    // Patch: only the given fields change; null clears a nullable one.
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/meters/{}", id(&meter)),
+            Some(json!({"name": "Main incomer", "description": null, "category": "PROD"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let patched = r.json();
+    assert_eq!(patched["name"], "Main incomer");
+    assert_eq!(patched["description"], Value::Null);
+    assert_eq!(patched["category"], "PROD");
+    assert_eq!(patched["external_id"], "EAN-1");
+    assert_eq!(patched["created_at"], meter["created_at"]);
+    assert_ne!(patched["updated_at"], meter["updated_at"]);
+
+    // Soft delete: the row stays, inactive, and the active filter sees it.
+    let r = api
+        .call("DELETE", &format!("/api/v1/meters/{}", id(&meter)), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["active"], false);
+    let inactive = api
+        .get(&format!(
+            "/api/v1/meters?site_id={}&active=false",
+            id(&site)
+        ))
+        .await
+        .json();
+    assert_eq!(inactive["items"][0]["id"], meter["id"]);
+    let active = api.get("/api/v1/meters?active=true").await.json();
+    assert_eq!(active["items"], json!([]));
+
+    // Hard delete of the portfolio removes everything under it.
+    let client = api.db().await;
+    assert!(counts(&client).await.values().any(|n| *n > 0));
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/portfolios/{}?hard=true", id(&p)),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{r:?}");
+    for (table, n) in counts(&client).await {
+        assert_eq!(n, 0, "{table} after the cascade");
+    }
+    api.get(&format!("/api/v1/sites/{}", id(&site)))
+        .await
+        .assert_error(404, "not_found", None);
+    api.call(
+        "DELETE",
+        &format!("/api/v1/portfolios/{}?hard=true", id(&p)),
+        None,
+    )
+    .await
+    .assert_error(404, "not_found", None);
+}
+
+#[tokio::test]
+async fn every_resource_supports_create_get_list_patch_and_both_deletes() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    let (site, meter, asset) = (
+        ids.site.to_string(),
+        ids.meter.to_string(),
+        ids.asset.to_string(),
+    );
+    let other_asset = id(&api
+        .create("assets", json!({"meter_id": meter, "name": "Fan"}))
+        .await);
+    // (collection, parent filter, create body, patch body)
+    let cases = [
+        (
+            "portfolios",
+            None,
+            json!({"name": "Another"}),
+            json!({"description": "d"}),
+        ),
+        (
+            "sites",
+            Some(("portfolio_id", ids.portfolio.to_string())),
+            json!({"portfolio_id": ids.portfolio, "name": "S2"}),
+            json!({"industry_type": "logistics"}),
+        ),
+        (
+            "meters",
+            Some(("site_id", site.clone())),
+            json!({"site_id": site, "name": "M2", "category": "STOR"}),
+            json!({"reading_frequency": "1min"}),
+        ),
+        (
+            "assets",
+            Some(("meter_id", meter.clone())),
+            json!({"meter_id": meter, "name": "A2", "external_id": "a2"}),
+            json!({"rated_power_kw": 7.5}),
+        ),
+        (
+            "asset-connections",
+            Some(("source_asset_id", other_asset.clone())),
+            json!({"source_asset_id": other_asset, "target_asset_id": asset,
+                   "relationship": "dependency"}),
+            json!({"direction": "bi"}),
+        ),
+        (
+            "energy-sources",
+            Some(("meter_id", meter.clone())),
+            json!({"meter_id": meter, "name": "Genset", "kind": "generator"}),
+            json!({"carbon_intensity_g_per_kwh": 650}),
+        ),
+        (
+            "grid-links",
+            Some(("site_id", site.clone())),
+            json!({"site_id": site, "name": "Backup feed", "direction": "in"}),
+            json!({"capacity_kw": 500}),
+        ),
+        (
+            "recommendations",
+            Some(("site_id", site.clone())),
+            json!({"site_id": site, "title": "Battery", "category": "storage"}),
+            json!({"status": "accepted"}),
+        ),
+    ];
+    for (collection, filter, body, patch) in cases {
+        let row = api.create(collection, body.clone()).await;
+        for (k, v) in body.as_object().expect("object") {
+            assert_eq!(&row[k], v, "{collection}.{k}");
+        }
+        let path = format!("/api/v1/{collection}/{}", id(&row));
+        assert_eq!(api.get(&path).await.json(), row, "{collection}");
+        let query = filter
+            .map(|(k, v)| format!("?{k}={v}&limit=1000"))
+            .unwrap_or_else(|| "?limit=1000".into());
+        let list = api
+            .get(&format!("/api/v1/{collection}{query}"))
+            .await
+            .json();
+        let listed: Vec<&Value> = list["items"].as_array().expect("items").iter().collect();
+        assert!(listed.contains(&&row), "{collection} list: {list}");
+        let r = api.call("PATCH", &path, Some(patch.clone())).await;
+        assert_eq!(r.status, 200, "{collection}: {r:?}");
+        let (k, v) = patch
+            .as_object()
+            .expect("object")
+            .iter()
+            .next()
+            .expect("a field");
+        assert_eq!(&r.json()[k], v, "{collection}.{k}");
+        let r = api.call("DELETE", &path, None).await;
+        assert_eq!(r.status, 200, "{collection}: {r:?}");
+        assert_eq!(r.json()["active"], false, "{collection}");
+        let r = api.call("DELETE", &format!("{path}?hard=true"), None).await;
+        assert_eq!(r.status, 204, "{collection}: {r:?}");
+        api.get(&path).await.assert_error(404, "not_found", None);
+    }
+    // Reference data is read-only.
+    client
+        .execute(
+            "INSERT INTO asset_types (code, name) VALUES ('CONS', 'Consumer')",
+            &[],
+        )
+        .await
+        .expect("asset type");
+    let types = api.get("/api/v1/asset-types").await.json();
+    assert_eq!(types["items"][0]["code"], "CONS");
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/asset-types",
+            Some(json!({"code": "X", "name": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 405, "{r:?}");
+}
+
+#[tokio::test]
+async fn lists_page_through_every_row_exactly_once() {
+    let api = Api::start().await;
+    let mine = api.create("portfolios", json!({"name": "Mine"})).await;
+    let other = api.create("portfolios", json!({"name": "Other"})).await;
+    let mut expected = BTreeSet::new();
+    for i in 0..7 {
+        let s = api
+            .create(
+                "sites",
+                json!({"portfolio_id": id(&mine), "name": format!("S{i}")}),
+            )
+            .await;
+        expected.insert(id(&s));
+        api.create(
+            "sites",
+            json!({"portfolio_id": id(&other), "name": format!("S{i}")}),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/sites?portfolio_id={}&limit=3", id(&mine));
+        if let Some(c) = &cursor {
+            path += &format!("&cursor={c}");
+        }
+        let page = api.get(&path).await.json();
+        pages += 1;
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 3, "{page}");
+        seen.extend(items.iter().map(id));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 7, "no row twice: {seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "ordered by id");
+    // The default page holds everything here; bad paging parameters are named.
+    let all = api.get("/api/v1/sites").await.json();
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(14));
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("cursor=abc", "cursor"),
+        ("color=red", "color"),
+        ("name=S1", "name"),
+        ("active=yes", "active"),
+        ("portfolio_id=nope", "portfolio_id"),
+        ("limit=1&limit=2", "limit"),
+    ] {
+        api.get(&format!("/api/v1/sites?{query}"))
+            .await
+            .assert_error(400, "invalid", Some(field));
+    }
+}
+
+#[tokio::test]
+async fn invalid_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    let taken: String = client
+        .query_one(
+            "SELECT external_id FROM meters WHERE id = $1",
+            &[&ids.meter],
+        )
+        .await
+        .expect("external id")
+        .get(0);
+    let missing = uuid::Uuid::new_v4();
+    let meter_path = format!("/api/v1/meters/{}", ids.meter);
+    let asset_path = format!("/api/v1/assets/{}", ids.asset);
+    let before = counts(&client).await;
+    let meter = |extra: Value| {
+        let mut body = json!({"site_id": ids.site, "name": "M", "category": "CONS"});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let meters = "POST /api/v1/meters".to_string();
+    let sources = "POST /api/v1/energy-sources".to_string();
+    let patch_meter = format!("PATCH {meter_path}");
+    let no_body = Value::Null;
+    // (request, body, "status code field"); field `-` is null.
+    #[rustfmt::skip]
+    let cases: Vec<(String, Value, &str)> = vec![
+        (meters.clone(), meter(json!({"category": "cons"})), "400 invalid category"),
+        (meters.clone(), meter(json!({"reading_frequency": "2min"})), "400 invalid reading_frequency"),
+        (meters.clone(), meter(json!({"site_id": "not-a-uuid"})), "400 invalid site_id"),
+        (meters.clone(), meter(json!({"site_id": missing})), "400 invalid site_id"),
+        (meters.clone(), meter(json!({"external_id": taken})), "409 conflict external_id"),
+        (meters.clone(), meter(json!({"name": " "})), "400 invalid name"),
+        (meters.clone(), meter(json!({"name": null})), "400 invalid name"),
+        (meters.clone(), meter(json!({"external_id": ""})), "400 invalid external_id"),
+        (meters.clone(), meter(json!({"metadata": [1, 2]})), "400 invalid metadata"),
+        (meters.clone(), meter(json!({"colour": "red"})), "400 invalid colour"),
+        (meters.clone(), meter(json!({"id": missing})), "400 invalid id"),
+        (meters.clone(), meter(json!({"created_at": "2020-01-01T00:00:00Z"})), "400 invalid created_at"),
+        (meters.clone(), json!({"site_id": ids.site, "name": "M"}), "400 invalid category"),
+        ("POST /api/v1/sites".into(), json!({"portfolio_id": ids.portfolio, "name": "x", "latitude": 90.5}), "400 invalid latitude"),
+        (sources.clone(), json!({"meter_id": ids.meter, "name": "x", "kind": "solar", "capacity_kw": -1}), "400 invalid capacity_kw"),
+        (sources.clone(), json!({"meter_id": ids.meter, "name": "x", "kind": "solar", "capacity_kw": "5"}), "400 invalid capacity_kw"),
+        (sources.clone(), json!({"meter_id": ids.meter, "name": "x", "kind": "nuclear"}), "400 invalid kind"),
+        ("POST /api/v1/asset-connections".into(), json!({"source_asset_id": ids.asset, "target_asset_id": ids.asset, "relationship": "energy_flow"}), "400 invalid target_asset_id"),
+        ("POST /api/v1/assets".into(), json!({"meter_id": ids.meter, "name": "x", "parent_asset_id": missing}), "400 invalid parent_asset_id"),
+        ("POST /api/v1/assets".into(), json!({"meter_id": ids.meter, "name": "x", "asset_type_id": missing}), "400 invalid asset_type_id"),
+        ("POST /api/v1/portfolios".into(), json!({"name": "x", "metadata": {"a": "\u{0}"}}), "400 invalid metadata"),
+        (patch_meter.clone(), json!({"category": "BOTH"}), "400 invalid category"),
+        (patch_meter.clone(), json!({"site_id": missing}), "400 invalid site_id"),
+        (patch_meter.clone(), json!({"active": "no"}), "400 invalid active"),
+        (patch_meter.clone(), json!({"nmae": "typo"}), "400 invalid nmae"),
+        (patch_meter.clone(), json!({"category": null}), "400 invalid category"),
+        (format!("PATCH {asset_path}"), json!({"parent_asset_id": ids.asset}), "400 invalid parent_asset_id"),
+        (format!("PATCH /api/v1/meters/{missing}"), json!({"name": "x"}), "404 not_found -"),
+        ("PATCH /api/v1/meters/123".into(), json!({"name": "x"}), "400 invalid id"),
+        (format!("GET /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
+        ("GET /api/v1/meters/123".into(), no_body.clone(), "400 invalid id"),
+        (format!("DELETE /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
+        (format!("DELETE {meter_path}?hard=yes"), no_body.clone(), "400 invalid hard"),
+        (format!("DELETE {meter_path}?force=true"), no_body.clone(), "400 invalid force"),
+        ("GET /api/v1/nothing-here".into(), no_body.clone(), "404 not_found -"),
+    ];
+    for (request, body, expect) in cases {
+        let (method, path) = request.split_once(' ').expect("method and path");
+        let expect: Vec<&str> = expect.split(' ').collect();
+        let status: u16 = expect[0].parse().expect("status");
+        let field = Some(expect[2]).filter(|f| *f != "-");
+        let body = (!body.is_null()).then_some(body);
+        let what = format!("{request} {body:?}");
+        let r = api.call(method, path, body).await;
+        r.assert_error(status, expect[1], field);
+        assert_eq!(counts(&client).await, before, "{what} wrote something");
+    }
+    // The patched rows are untouched too.
+    let meter_row = api.get(&meter_path).await.json();
+    assert_eq!(meter_row["category"], "CONS");
+    assert_eq!(meter_row["active"], true);
+    // A patch that gives only one side of the self-connection rule is caught by the schema.
+    let conns = api
+        .get(&format!(
+            "/api/v1/asset-connections?source_asset_id={}",
+            ids.asset
+        ))
+        .await
+        .json();
+    let conn = &conns["items"][0];
+    api.call(
+        "PATCH",
+        &format!("/api/v1/asset-connections/{}", id(conn)),
+        Some(json!({"target_asset_id": ids.asset})),
+    )
+    .await
+    .assert_error(400, "invalid", Some("target_asset_id"));
+}
+
+#[tokio::test]
+async fn a_parent_asset_chain_cannot_be_closed_into_a_cycle() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    let asset = |name: &str, parent: Option<String>| json!({"meter_id": ids.meter, "name": name, "parent_asset_id": parent});
+    let a = id(&api.create("assets", asset("a", None)).await);
+    let b = id(&api.create("assets", asset("b", Some(a.clone()))).await);
+    let c = id(&api.create("assets", asset("c", Some(b.clone()))).await);
+    for (node, parent) in [(&a, &c), (&a, &b), (&b, &c), (&a, &a)] {
+        let msg = api
+            .call(
+                "PATCH",
+                &format!("/api/v1/assets/{node}"),
+                Some(json!({"parent_asset_id": parent})),
+            )
+            .await
+            .assert_error(400, "invalid", Some("parent_asset_id"));
+        assert!(msg.contains("cycle") || msg.contains("own parent"), "{msg}");
+    }
+    // Moving a leaf elsewhere, or to the top, is fine.
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/assets/{c}"),
+            Some(json!({"parent_asset_id": a})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/assets/{b}"),
+            Some(json!({"parent_asset_id": null})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["parent_asset_id"], Value::Null);
+}
+
+#[tokio::test]
+async fn the_token_is_required_and_checked() {
+    let api = Api::start().await;
+    let no_token = api.raw("GET /api/v1/portfolios HTTP/1.1", b"").await;
+    no_token.assert_error(401, "unauthorized", None);
+    assert!(
+        no_token
+            .head
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{no_token:?}"
+    );
+    for header in [
+        "Authorization: Bearer wrong",
+        "Authorization: Bearer test-token",
+        &format!("Authorization: Bearer {TOKEN}x"),
+        &format!("Authorization: Basic {TOKEN}"),
+        "Authorization: Bearer",
+    ] {
+        let r = api
+            .raw(&format!("GET /api/v1/portfolios HTTP/1.1\r\n{header}"), b"")
+            .await;
+        let message = r.assert_error(401, "unauthorized", None);
+        assert_eq!(message, "missing or invalid bearer token");
+    }
+    // Writes are refused before anything else is looked at.
+    let r = api
+        .raw(
+            "POST /api/v1/portfolios HTTP/1.1\r\nContent-Type: application/json",
+            br#"{"name": "x"}"#,
+        )
+        .await;
+    r.assert_error(401, "unauthorized", None);
+    assert_eq!(counts(&api.db().await).await["portfolios"], 0);
+    for path in [
+        "/api/v1/openapi.json",
+        "/api/v1/nothing",
+        "/api/v1/rejections",
+    ] {
+        let r = api.raw(&format!("GET {path} HTTP/1.1"), b"").await;
+        r.assert_error(401, "unauthorized", None);
+    }
+    let ok = api
+        .raw(
+            &format!("GET /api/v1/portfolios HTTP/1.1\r\nAuthorization: bearer {TOKEN}"),
+            b"",
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json(), json!({"items": [], "next_cursor": null}));
+}
+
+#[tokio::test]
+async fn merged_into_another_router_the_token_guards_only_the_api() {
+    let db = support::migrated_db().await;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .merge(admin::router(state(&db), TOKEN.to_string()));
+    let (port, server) = serve(app).await;
+    let healthz = support::http_get(port, "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.0 200"), "{healthz}");
+    let unknown = support::http_get(port, "/elsewhere").await;
+    assert!(unknown.starts_with("HTTP/1.0 404"), "{unknown}");
+    let api = support::http_get(port, "/api/v1/meters").await;
+    assert!(api.starts_with("HTTP/1.0 401"), "{api}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn without_a_configured_token_the_loopback_api_is_open() {
+    let api = Api::start_with(&support::migrated_db().await, "").await;
+    let r = api.raw("GET /api/v1/portfolios HTTP/1.1", b"").await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[test]
+fn the_api_refuses_to_listen_beyond_loopback_without_a_token() {
+    let err = admin::check_listen("0.0.0.0:9464".parse().unwrap(), "").unwrap_err();
+    assert!(err.contains("ENALYSIS_ADMIN_TOKEN"), "{err}");
+    assert!(admin::check_listen("[::]:9464".parse().unwrap(), "").is_err());
+    assert!(admin::check_listen("127.0.0.1:9464".parse().unwrap(), "").is_ok());
+    assert!(admin::check_listen("0.0.0.0:9464".parse().unwrap(), "t").is_ok());
+}
+
+#[tokio::test]
+async fn bodies_that_are_too_large_malformed_or_not_json_get_json_errors() {
+    let api = Api::start().await;
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let post =
+        format!("POST /api/v1/portfolios HTTP/1.1\r\n{auth}\r\nContent-Type: application/json");
+    let mut big = br#"{"name": "big", "description": ""#.to_vec();
+    big.resize(admin::MAX_BODY_BYTES + 100, b'x');
+    big.extend_from_slice(br#""}"#);
+    api.raw(&post, &big)
+        .await
+        .assert_error(413, "too_large", None);
+    let msg = api
+        .raw(&post, br#"{"name": "x",}"#)
+        .await
+        .assert_error(400, "invalid", Some("body"));
+    assert!(msg.contains("line 1 column"), "serde's position: {msg}");
+    api.raw(&post, b"")
+        .await
+        .assert_error(400, "invalid", Some("body"));
+    api.raw(&post, br#"["x"]"#)
+        .await
+        .assert_error(400, "invalid", Some("body"));
+    api.raw(
+        &format!("POST /api/v1/portfolios HTTP/1.1\r\n{auth}\r\nContent-Type: text/plain"),
+        br#"{"name": "x"}"#,
+    )
+    .await
+    .assert_error(415, "unsupported_media_type", None);
+    assert_eq!(counts(&api.db().await).await["portfolios"], 0);
+    // Just under the limit is accepted.
+    let mut fits = br#"{"name": "fits", "description": ""#.to_vec();
+    fits.resize(admin::MAX_BODY_BYTES - 100, b'x');
+    fits.extend_from_slice(br#""}"#);
+    assert_eq!(api.raw(&post, &fits).await.status, 201);
+}
+
+#[tokio::test]
+async fn sql_shaped_input_is_stored_verbatim() {
+    let api = Api::start().await;
+    let nasty = [
+        "x'); DROP TABLE meters; --",
+        "Robert'); DELETE FROM portfolios WHERE ('1'='1",
+        "$1::text; SELECT pg_sleep(10)",
+        "\" OR 1=1 --",
+        "名前 😀 \\ \n\t",
+    ];
+    for (i, name) in nasty.iter().enumerate() {
+        let row = api
+            .create(
+                "portfolios",
+                json!({"name": name, "description": name, "metadata": {name.to_string(): name}}),
+            )
+            .await;
+        assert_eq!(row["name"], *name);
+        let got = api
+            .get(&format!("/api/v1/portfolios/{}", id(&row)))
+            .await
+            .json();
+        assert_eq!(got["description"], *name);
+        assert_eq!(got["metadata"][name], *name);
+        assert_eq!(counts(&api.db().await).await["portfolios"], i as i64 + 1);
+    }
+    let client = api.db().await;
+    let stored: String = client
+        .query_one("SELECT name FROM portfolios WHERE name LIKE 'x''%'", &[])
+        .await
+        .expect("the meters table still exists and the name is stored")
+        .get(0);
+    assert_eq!(stored, nasty[0]);
+    client
+        .query_one("SELECT count(*) FROM meters", &[])
+        .await
+        .expect("meters still exists");
+    // As a filter value too: a malformed id, not a query.
+    api.get("/api/v1/sites?portfolio_id=1'%20OR%20'1'='1")
+        .await
+        .assert_error(400, "invalid", Some("portfolio_id"));
+}
+
+#[tokio::test]
+async fn a_database_outage_is_a_503_with_a_json_body() {
+    let url = format!(
+        "postgres://nobody@127.0.0.1:{}/none?connect_timeout=2",
+        common::free_port()
+    );
+    let api = Api::start_with(&url, TOKEN).await;
+    let r = api.get("/api/v1/portfolios").await;
+    r.assert_error(503, "unavailable", None);
+    assert!(
+        !r.body.contains("127.0.0.1"),
+        "no connection details: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = Api::start().await;
+    let doc = api.get("/api/v1/openapi.json").await.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for t in crud::TABLES {
+        let collection = &doc["paths"][format!("/api/v1/{}", t.path)];
+        assert!(collection["get"].is_object(), "{}", t.path);
+        let item = &doc["paths"][format!("/api/v1/{}/{{id}}", t.path)];
+        assert!(item["get"].is_object(), "{}", t.path);
+    }
+    assert!(doc["paths"]["/api/v1/meters/{id}/measurements"]["get"].is_object());
+    let meter = &doc["components"]["schemas"]["Meter"]["properties"];
+    assert_eq!(
+        meter["category"]["enum"],
+        json!(["CONS", "PROD", "INJ", "STOR"])
+    );
+}
+
+/// The static table descriptions agree with the migrated schema: same columns, same
+/// nullability and defaults, same enum labels in the same order.
+#[tokio::test]
+async fn the_table_descriptions_match_the_schema() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    for t in crud::TABLES {
+        let rows = client
+            .query(
+                "SELECT column_name::text, is_nullable = 'YES', column_default IS NOT NULL,
+                        udt_name::text
+                 FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+                &[&t.name],
+            )
+            .await
+            .expect("columns");
+        let db_cols: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let described: Vec<&str> = t.columns.iter().map(|c| c.name).collect();
+        assert_eq!(db_cols, described, "{}", t.name);
+        for (row, col) in rows.iter().zip(t.columns) {
+            let (nullable, has_default): (bool, bool) = (row.get(1), row.get(2));
+            let what = format!("{}.{}", t.name, col.name);
+            assert_eq!(col.nullable, nullable, "{what} nullable");
+            if col.writable {
+                assert_eq!(col.required, !nullable && !has_default, "{what} required");
+            }
+            if let crud::Kind::Enum { sql_type, labels } = col.kind {
+                let udt: String = row.get(3);
+                assert_eq!(udt, sql_type, "{what}");
+                let db_labels: Vec<String> = client
+                    .query(
+                        "SELECT e.enumlabel::text FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid
+                         WHERE t.typname = $1 ORDER BY e.enumsortorder",
+                        &[&sql_type],
+                    )
+                    .await
+                    .expect("labels")
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                assert_eq!(db_labels, labels, "{what} labels");
+            }
+        }
+    }
+}
