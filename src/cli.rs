@@ -34,6 +34,15 @@ pub enum Command {
     Migrate,
     /// Insert reference data (asset types CONS, PROD, C/I, INJ); idempotent.
     Seed,
+    /// Declarative inventory (YAML or JSON): upsert portfolios → sites → meters → assets /
+    /// energy sources / grid links / asset connections in one transaction; idempotent.
+    Provision {
+        /// The inventory (.yaml, .yml or .json); see config/inventory.example.yaml.
+        file: PathBuf,
+        /// Print the plan, then roll back: nothing is written.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load and validate the configuration; print the effective values with secrets masked.
     CheckConfig,
     /// A gateway simulator and load generator: publishes readings for the active meters and
@@ -75,6 +84,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 "seeded asset types: {inserted} inserted, {} already present",
                 crate::seed::ASSET_TYPES.len() as u64 - inserted
             );
+            Ok(())
+        }
+        Command::Provision { file, dry_run } => {
+            telemetry::init_logs(&config.log, LogTarget::Stderr);
+            let db = Db::new(&config.database)?;
+            let plan = crate::admin::provision::run(&db, &file, dry_run).await?;
+            println!("{plan}");
             Ok(())
         }
         Command::Simulate(args) => {

@@ -9,6 +9,7 @@
 //! or the driver reaches a response body (it is logged instead).
 
 pub mod crud;
+pub mod provision;
 pub mod read;
 
 use std::net::SocketAddr;

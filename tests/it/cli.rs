@@ -124,3 +124,33 @@ async fn run_with_a_wrong_password_exits_1_instead_of_waiting_forever() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn provisioning_the_example_inventory_twice_changes_nothing_the_second_time() {
+    let url = support::migrated_db().await;
+    Cmd::new(&["seed"])
+        .env("DATABASE_URL", &url)
+        .run()
+        .assert_ok();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/inventory.example.yaml");
+    let dry = Cmd::new(&["provision", example, "--dry-run"])
+        .env("DATABASE_URL", &url)
+        .run();
+    dry.assert_ok();
+    assert!(dry.stdout.contains("nothing was written"), "{dry:?}");
+    let first = Cmd::new(&["provision", example])
+        .env("DATABASE_URL", &url)
+        .run();
+    first.assert_ok();
+    assert!(first.stdout.contains("total: 19 created"), "{first:?}");
+    let second = Cmd::new(&["provision", example])
+        .env("DATABASE_URL", &url)
+        .run();
+    second.assert_ok();
+    assert!(
+        second
+            .stdout
+            .contains("total: 0 created, 0 updated, 0 moved, 19 unchanged"),
+        "{second:?}"
+    );
+}

@@ -7,5 +7,6 @@ mod deploy;
 mod faults;
 mod harness;
 mod ingest;
+mod provision;
 mod schema;
 mod support;
