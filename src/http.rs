@@ -31,6 +31,24 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(names::BATCH_ROWS.into()), &rows)?
         .install_recorder()?;
     describe();
+    // Counters exist from the start (at 0), so a scrape always shows every contract name and
+    // rate() has a baseline before the first event.
+    for name in [
+        names::MESSAGES_RECEIVED,
+        names::READINGS_ACCEPTED,
+        names::READINGS_DUPLICATE,
+        names::DB_ERRORS,
+        names::MQTT_RECONNECTS,
+        names::PARTITIONS_CREATED,
+        names::PARTITIONS_DROPPED,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in crate::model::Reason::ALL {
+        metrics::counter!(names::READINGS_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+    metrics::gauge!(names::BUFFERED_READINGS).set(0.0);
+    metrics::gauge!(names::MQTT_CONNECTED).set(0.0);
     Ok(handle)
 }
 

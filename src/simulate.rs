@@ -54,16 +54,7 @@ struct Device {
 }
 
 /// The reasons cycled through by `--invalid-share`; each payload triggers exactly that reason.
-const INVALID: &[&str] = &[
-    "unknown_metric",
-    "invalid_unit",
-    "invalid_value",
-    "invalid_quality",
-    "out_of_range",
-    "future_timestamp",
-    "malformed_payload",
-    "unknown_entity",
-];
+const INVALID: &[crate::model::Reason] = &crate::model::Reason::ALL;
 
 pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0, "--rate must be above 0");
@@ -174,7 +165,16 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             let (topic, payload, n) = if want_invalid {
                 let reason = INVALID[invalid_sent as usize % INVALID.len()];
                 invalid_sent += 1;
-                invalid_message(&devices[d], reason, prefix)
+                // A one-way meter, where one exists, for the category rule.
+                let device = if reason == crate::model::Reason::CategoryViolation {
+                    devices
+                        .iter()
+                        .find(|d| d.category != "STOR" && !d.battery)
+                        .unwrap_or(&devices[d])
+                } else {
+                    &devices[d]
+                };
+                invalid_message(device, reason, prefix, &config.ingest)
             } else {
                 let device = &mut devices[d];
                 let (payload, n) = reading_message(device, step_ms, args.single);
@@ -262,29 +262,50 @@ fn reading_message(d: &mut Device, step_ms: i64, single: bool) -> (Vec<u8>, u64)
     (v.to_string().into_bytes(), n)
 }
 
-/// A message that the daemon must reject with `reason`.
-fn invalid_message(d: &Device, reason: &str, prefix: &str) -> (String, Vec<u8>, u64) {
+/// A message that the daemon must reject with `reason` (category_violation needs a device of a
+/// one-way meter).
+fn invalid_message(
+    d: &Device,
+    reason: crate::model::Reason,
+    prefix: &str,
+    limits: &crate::config::IngestConfig,
+) -> (String, Vec<u8>, u64) {
+    use crate::model::Reason::*;
     let ts = (d.next_ts - chrono::Duration::seconds(1)).timestamp_millis();
     let body = match reason {
-        "unknown_metric" => serde_json::json!({"ts": ts, "metric": "vibes", "value": 1.0}),
-        "invalid_unit" => {
-            serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "unit": "Hz"})
+        MalformedPayload => return (d.topic.clone(), b"{\"ts\": oops".to_vec(), 1),
+        PayloadTooLarge => return (d.topic.clone(), vec![b' '; limits.max_payload_bytes + 1], 1),
+        UnknownTopic => {
+            let v = serde_json::json!({"ts": ts, "metric": "power", "value": 1.0});
+            return (
+                format!("{prefix}/meters//readings"),
+                v.to_string().into_bytes(),
+                1,
+            );
         }
-        "invalid_value" => serde_json::json!({"ts": ts, "metric": "power", "value": "lots"}),
-        "invalid_quality" => {
-            serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "quality": "great"})
-        }
-        "out_of_range" => serde_json::json!({"ts": ts, "metric": "voltage", "value": -5.0}),
-        "future_timestamp" => serde_json::json!({
-            "ts": (Utc::now() + chrono::Duration::days(1)).timestamp_millis(),
-            "metric": "power", "value": 1.0
-        }),
-        "unknown_entity" => {
+        UnknownEntity => {
             let topic = format!("{prefix}/meters/{}/readings", Uuid::new_v4());
             let v = serde_json::json!({"ts": ts, "metric": "power", "value": 1.0});
             return (topic, v.to_string().into_bytes(), 1);
         }
-        _ => return (d.topic.clone(), b"{\"ts\": oops".to_vec(), 1),
+        InvalidTimestamp => serde_json::json!({"ts": "yesterday", "metric": "power", "value": 1.0}),
+        FutureTimestamp => serde_json::json!({
+            "ts": (Utc::now() + chrono::Duration::days(1)).timestamp_millis(),
+            "metric": "power", "value": 1.0
+        }),
+        StaleTimestamp => serde_json::json!({
+            "ts": (Utc::now() - chrono::Duration::days(limits.max_age_days as i64 + 30))
+                .timestamp_millis(),
+            "metric": "power", "value": 1.0
+        }),
+        UnknownMetric => serde_json::json!({"ts": ts, "metric": "vibes", "value": 1.0}),
+        InvalidUnit => serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "unit": "Hz"}),
+        InvalidValue => serde_json::json!({"ts": ts, "metric": "power", "value": "lots"}),
+        InvalidQuality => {
+            serde_json::json!({"ts": ts, "metric": "power", "value": 1.0, "quality": "great"})
+        }
+        OutOfRange => serde_json::json!({"ts": ts, "metric": "voltage", "value": -5.0}),
+        CategoryViolation => serde_json::json!({"ts": ts, "metric": "power", "value": -1.0}),
     };
     (d.topic.clone(), body.to_string().into_bytes(), 1)
 }

@@ -406,6 +406,7 @@ pub async fn run(
     done: CancellationToken,
 ) {
     while let Some(batch) = batches.recv().await {
+        let started = std::time::Instant::now();
         let Some(written) = writer.write(&batch, &abort).await else {
             tracing::warn!(
                 messages = batch.acks.len(),
@@ -427,6 +428,7 @@ pub async fn run(
             rejected = written.rejected,
             acked = acks.acked,
             stale_acks = acks.stale,
+            duration_ms = started.elapsed().as_millis() as u64,
             "batch committed"
         );
         if written.refused > 0 {

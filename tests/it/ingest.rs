@@ -480,6 +480,7 @@ async fn metrics_and_readiness_are_served_on_the_http_listener() {
         "ingest_mqtt_connected 1",
         "ingest_buffered_readings",
         "ingest_readings_duplicate_total",
+        "ingest_db_errors_total",
         "ingest_db_pool_connections{state=\"open\"}",
         "ingest_registry_entities",
         "process_resident_memory_bytes",
@@ -859,4 +860,66 @@ async fn the_daemon_refuses_a_public_listener_without_an_admin_token() {
         "{}",
         daemon.log_text()
     );
+}
+
+#[tokio::test]
+async fn the_simulators_readings_are_all_accepted_and_the_logs_are_json_lines() {
+    let s = setup().await;
+    let daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    let out = support::Cmd::new(&[
+        "simulate",
+        "--rate",
+        "300",
+        "--duration",
+        "2",
+        "--connections",
+        "2",
+    ])
+    .env("DATABASE_URL", &s.db)
+    .env("MQTT_URL", &s.broker.url())
+    .run();
+    out.assert_ok();
+    // "published N messages (R readings, 0 invalid) …"
+    let readings: i64 = out
+        .stdout
+        .split_once(" messages (")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no reading count in {out:?}"));
+    assert!(readings >= 600, "{out:?}");
+    wait_count(&s.client, MEAS, readings).await;
+    wait_count(&s.client, REJ, 0).await;
+    for line in daemon.log_text().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(field).is_some(), "{field} missing: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_simulator_can_send_one_invalid_message_for_every_reason() {
+    let s = setup().await;
+    let _daemon = Daemon::start(&daemon_env(&s.db, &s.broker.url())).await;
+    support::Cmd::new(&[
+        "simulate",
+        "--rate",
+        "13",
+        "--duration",
+        "1",
+        "--invalid-share",
+        "1",
+    ])
+    .env("DATABASE_URL", &s.db)
+    .env("MQTT_URL", &s.broker.url())
+    .run()
+    .assert_ok();
+    wait_count(
+        &s.client,
+        "SELECT count(DISTINCT reason) FROM rejected_readings",
+        13,
+    )
+    .await;
+    wait_count(&s.client, MEAS, 0).await;
 }
