@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod harness;
 mod ingest;
+mod properties;
 mod provision;
 mod schema;
 mod support;
