@@ -39,43 +39,13 @@ use yaml_serde::Value as Yaml;
 
 use crate::db::{Db, pg_error_message};
 
-// Labels of the schema's enums (migrations/0001_hierarchy.sql; a unit test keeps them in step).
-const INDUSTRY_TYPES: &[&str] = &[
-    "biotech",
-    "datacenter",
-    "logistics",
-    "manufacturing",
-    "pharmaceutical",
-    "food_beverage",
-    "chemicals",
-    "automotive",
-    "retail",
-    "healthcare",
-    "education",
-    "hospitality",
-    "office",
-    "warehouse",
-    "agriculture",
-    "utilities",
-    "residential",
-    "other",
-];
-const METER_CATEGORIES: &[&str] = &["CONS", "PROD", "INJ", "STOR"];
-const READING_FREQUENCIES: &[&str] = &["1min", "5min", "15min", "hourly", "daily"];
-const ENERGY_SOURCE_KINDS: &[&str] = &[
-    "solar",
-    "wind",
-    "battery",
-    "grid",
-    "generator",
-    "chp",
-    "hydrogen",
-    "hydro",
-    "geothermal",
-    "other",
-];
-const DIRECTIONS: &[&str] = &["in", "out", "bi"];
-const RELATIONSHIPS: &[&str] = &["energy_flow", "data_flow", "dependency"];
+// Labels of the schema's enums, shared with the API (a unit test keeps them in step with
+// migrations/0001_hierarchy.sql).
+use super::crud::{
+    DIRECTION as DIRECTIONS, ENERGY_SOURCE_KIND as ENERGY_SOURCE_KINDS,
+    INDUSTRY_TYPE as INDUSTRY_TYPES, METER_CATEGORY as METER_CATEGORIES,
+    READING_FREQUENCY as READING_FREQUENCIES, RELATIONSHIP as RELATIONSHIPS,
+};
 
 /// Serialises provisioning runs against each other (a transaction-scoped advisory lock), so two
 /// operators running it at once do not both try to insert the same new rows.
