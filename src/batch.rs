@@ -74,13 +74,14 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.messages.is_empty()
+        self.messages.is_empty()
     }
 
-    /// Judges one message and adds what it turned into.
+    /// Adds what one message was judged to be; `topic` is its topic as text.
     pub fn add(
         &mut self,
         inbound: Inbound,
+        topic: String,
         judged: crate::model::Outcome,
         summary: &mut RejectionSummary,
     ) {
@@ -96,7 +97,6 @@ impl Batch {
                 index: u32::try_from(index).unwrap_or(u32::MAX),
             });
         }
-        let topic = String::from_utf8_lossy(&inbound.topic).into_owned();
         for rejection in judged.rejected {
             metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
                 .increment(1);
@@ -120,15 +120,19 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn judge(&self, registry: &Registry, inbound: &Inbound) -> crate::model::Outcome {
-        let topic = String::from_utf8_lossy(&inbound.topic);
+    pub fn judge(
+        &self,
+        registry: &Registry,
+        topic: &str,
+        inbound: &Inbound,
+    ) -> crate::model::Outcome {
         let ctx = validate::Context {
             prefix: &self.prefix,
             registry,
             limits: &self.limits,
             now: inbound.received_at,
         };
-        validate::judge(&topic, &inbound.payload, &ctx)
+        validate::judge(topic, &inbound.payload, &ctx)
     }
 }
 
@@ -170,21 +174,25 @@ pub async fn run(
         };
         let Some(first) = next else {
             flush(&mut batch, &out).await;
-            summary.maybe_log();
+            summary.log_now();
             return;
         };
         // Judge everything that is already queued with one registry snapshot.
         let registry = judge.registry.borrow().clone();
         let mut inbound = Some(first);
+        let mut received = 0;
         while let Some(m) = inbound.take() {
-            metrics::counter!(names::MESSAGES_RECEIVED).increment(1);
-            let outcome = judge.judge(&registry, &m);
-            batch.add(m, outcome, &mut summary);
+            received += 1;
+            // Topics are UTF-8 by the MQTT spec; anything else is judged (and stored) lossily.
+            let topic = String::from_utf8_lossy(&m.topic).into_owned();
+            let outcome = judge.judge(&registry, &topic, &m);
+            batch.add(m, topic, outcome, &mut summary);
             if batch.rows() >= limits.max_rows {
                 break;
             }
             inbound = rx.try_recv().ok();
         }
+        metrics::counter!(names::MESSAGES_RECEIVED).increment(received);
         metrics::gauge!(names::BUFFERED_READINGS).set(batch.rows() as f64);
         if batch.rows() >= limits.max_rows && !flush(&mut batch, &out).await {
             return;

@@ -219,6 +219,8 @@ async fn drive(
     let mut disconnect_sent = false;
     // Messages received on this connection whose PUBACK has not been written yet.
     let mut unacked: i64 = 0;
+    // One handle, not a registry lookup per message.
+    let unacked_gauge = metrics::gauge!(crate::telemetry::names::MQTT_UNACKED);
     // PUBACKs seen written, against `link.acks_queued()`.
     let mut acks_written: u64 = link.acks_queued();
     // Messages read while the queue was full (we polled to write acks); bounded.
@@ -306,12 +308,12 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
                 acks_written += 1;
                 unacked -= 1;
-                metrics::gauge!(crate::telemetry::names::MQTT_UNACKED).set(unacked as f64);
+                unacked_gauge.set(unacked as f64);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if publish.qos != QoS::AtMostOnce {
                     unacked += 1;
-                    metrics::gauge!(crate::telemetry::names::MQTT_UNACKED).set(unacked as f64);
+                    unacked_gauge.set(unacked as f64);
                 }
                 if let Some(sender) = &tx {
                     let inbound = Inbound {

@@ -108,9 +108,14 @@ impl RejectionSummary {
 
     /// Logs and resets if the interval is over.
     pub fn maybe_log(&mut self) {
-        if self.started.elapsed() < self.every {
-            return;
+        if self.started.elapsed() >= self.every {
+            self.log_now();
         }
+    }
+
+    /// Logs what was recorded (if anything) and starts a new interval: at shutdown, so the
+    /// last rejections are not left out of the log.
+    pub fn log_now(&mut self) {
         if !self.counts.is_empty() {
             let total: u64 = self.counts.values().sum();
             let (topic, detail) = self.sample.take().unwrap_or_default();
