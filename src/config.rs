@@ -327,19 +327,97 @@ fn describe(e: figment::Error) -> String {
         .join("; ")
 }
 
-/// Replaces the password of a URL (if any) with the mask; leaves anything unparsable alone
-/// except that it is not echoed with credentials (the whole value is masked then).
+/// Replaces every password in a connection string with the mask: the `user:password@` of a
+/// URL, a `password` query parameter (`postgres://u@h/db?password=…`, which libpq and
+/// tokio-postgres accept), and the `password=` of a key-value connection string
+/// (`host=h user=u password=…`). Anything else that cannot be parsed is masked whole when it
+/// may hold credentials (`@` or `password` in it), else left alone.
 pub fn mask_url_password(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some(MASK));
             }
+            if let Some(query) = u.query() {
+                let masked: Vec<String> = query
+                    .split('&')
+                    .map(|part| {
+                        let is_password = url::form_urlencoded::parse(part.as_bytes())
+                            .next()
+                            .is_some_and(|(k, _)| k.eq_ignore_ascii_case("password"));
+                        match part.split_once('=') {
+                            Some((key, _)) if is_password => format!("{key}={MASK}"),
+                            _ => part.to_string(),
+                        }
+                    })
+                    .collect();
+                u.set_query(Some(&masked.join("&")));
+            }
             u.to_string()
         }
-        Err(_) if raw.contains('@') => MASK.into(),
-        Err(_) => raw.to_string(),
+        Err(_) => mask_conninfo_password(raw).unwrap_or_else(|| {
+            if raw.contains('@') || raw.to_ascii_lowercase().contains("password") {
+                MASK.into()
+            } else {
+                raw.to_string()
+            }
+        }),
     }
+}
+
+/// Masks the `password` values of a key-value connection string (`key=value` pairs separated
+/// by whitespace, values bare or single-quoted with backslash escapes: the syntax
+/// tokio-postgres parses). `None` when `raw` is not one.
+fn mask_conninfo_password(raw: &str) -> Option<String> {
+    let mut it = raw.char_indices().peekable();
+    let mut out = String::with_capacity(raw.len());
+    let mut copied = 0;
+    let pos = |it: &mut std::iter::Peekable<std::str::CharIndices>| {
+        it.peek().map_or(raw.len(), |&(i, _)| i)
+    };
+    loop {
+        while it.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+        if it.peek().is_none() {
+            break;
+        }
+        let key_start = pos(&mut it);
+        while it
+            .next_if(|&(_, c)| !c.is_whitespace() && c != '=')
+            .is_some()
+        {}
+        let key = &raw[key_start..pos(&mut it)];
+        while it.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+        if key.is_empty() || it.next_if(|&(_, c)| c == '=').is_none() {
+            return None;
+        }
+        while it.next_if(|&(_, c)| c.is_whitespace()).is_some() {}
+        let value_start = pos(&mut it);
+        if it.next_if(|&(_, c)| c == '\'').is_some() {
+            loop {
+                match it.next()? {
+                    (_, '\\') => {
+                        it.next()?;
+                    }
+                    (_, '\'') => break,
+                    _ => {}
+                }
+            }
+        } else {
+            while let Some((_, c)) = it.next_if(|&(_, c)| !c.is_whitespace()) {
+                if c == '\\' {
+                    it.next();
+                }
+            }
+        }
+        let value_end = pos(&mut it);
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str(&raw[copied..value_start]);
+            out.push_str(MASK);
+            copied = value_end;
+        }
+    }
+    out.push_str(&raw[copied..]);
+    Some(out)
 }
 
 /// The environment layer: fixed names from the contract, `ENALYSIS_<SECTION>__<KEY>` for the
@@ -558,18 +636,67 @@ mod tests {
     #[test]
     fn masked_config_hides_every_secret() {
         let c = load(&[
-            ("DATABASE_URL", "postgres://u:dbpw@db/x"),
+            ("DATABASE_URL", "postgres://u:dbpw@db/x?password=dbpw3"),
             ("MQTT_URL", "mqtt://m:mqpw@broker:1883"),
             ("ENALYSIS_ADMIN_TOKEN", "tok"),
             ("ENALYSIS_MQTT__PASSWORD", "mqpw2"),
         ])
         .expect("valid");
         let text = c.to_masked_toml();
-        for secret in ["dbpw", "mqpw", "\"tok\"", "mqpw2"] {
+        for secret in ["dbpw", "dbpw3", "mqpw", "\"tok\"", "mqpw2"] {
             assert!(!text.contains(secret), "{secret} leaked:\n{text}");
         }
-        assert!(text.contains("postgres://u:********@db/x"), "{text}");
+        assert!(
+            text.contains("postgres://u:********@db/x?password=********"),
+            "{text}"
+        );
         assert!(text.contains("[database]"), "{text}");
+    }
+
+    #[test]
+    fn passwords_are_masked_in_every_connection_string_form() {
+        for (raw, masked) in [
+            ("postgres://u:pw@db/x", "postgres://u:********@db/x"),
+            (
+                "postgres://u@db/x?sslmode=require&password=pw&connect_timeout=5",
+                "postgres://u@db/x?sslmode=require&password=********&connect_timeout=5",
+            ),
+            (
+                "postgres://u@db/x?PASSWORD=pw",
+                "postgres://u@db/x?PASSWORD=********",
+            ),
+            (
+                "postgres://u@db/x?pass%77ord=pw",
+                "postgres://u@db/x?pass%77ord=********",
+            ),
+            (
+                "postgres://u@db/x?sslmode=require",
+                "postgres://u@db/x?sslmode=require",
+            ),
+            (
+                "host=db user=u password=pw dbname=x",
+                "host=db user=u password=******** dbname=x",
+            ),
+            (
+                "host=db password = 'p w\\' x' dbname=x",
+                "host=db password = ******** dbname=x",
+            ),
+            ("password=p\\ w host=db", "password=******** host=db"),
+            ("host=db user=u", "host=db user=u"),
+            ("mqtt://gw:pw@broker:1883", "mqtt://gw:********@broker:1883"),
+            ("not a url@all", "********"),
+            ("host=db password='unterminated", "********"),
+        ] {
+            assert_eq!(mask_url_password(raw), masked, "{raw}");
+        }
+        // Each form also parses as tokio-postgres reads it, with the password we masked.
+        for raw in [
+            "postgres://u@db/x?password=pw",
+            "host=db password='pw' dbname=x",
+        ] {
+            let c: tokio_postgres::Config = raw.parse().expect(raw);
+            assert_eq!(c.get_password(), Some(&b"pw"[..]), "{raw}");
+        }
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct SimulateArgs {
     /// One reading per message (`power` only) instead of a `values` map of several metrics.
     #[arg(long)]
     pub single: bool,
+    /// Readings objects per message: above 1, each message is a JSON array of that many
+    /// successive readings of one device (a gateway that buffers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub per_message: u16,
 }
 
 /// One simulated device.
@@ -87,7 +91,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     // Simulated time runs at real time, or faster when a device gets more than one message per
     // millisecond; then it starts far enough back that the last reading is still in the past
     // (future readings would be rejected).
-    let per_device_rate = args.rate as f64 / rows.len() as f64;
+    let per_device_rate = args.rate as f64 * f64::from(args.per_message) / rows.len() as f64;
     let step_ms = (1000.0 / per_device_rate).clamp(1.0, 60_000.0) as i64;
     let span_ms = (per_device_rate * args.duration as f64) as i64 * step_ms;
     let ahead_ms = (span_ms - args.duration as i64 * 1000).max(0);
@@ -177,7 +181,22 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                 invalid_message(device, reason, prefix, &config.ingest)
             } else {
                 let device = &mut devices[d];
-                let (payload, n) = reading_message(device, step_ms, args.single);
+                let (payload, n) = if args.per_message == 1 {
+                    reading_message(device, step_ms, args.single)
+                } else {
+                    let mut payload = b"[".to_vec();
+                    let mut n = 0;
+                    for i in 0..args.per_message {
+                        if i > 0 {
+                            payload.push(b',');
+                        }
+                        let (one, k) = reading_message(device, step_ms, args.single);
+                        payload.extend_from_slice(&one);
+                        n += k;
+                    }
+                    payload.push(b']');
+                    (payload, n)
+                };
                 (device.topic.clone(), payload, n)
             };
             let client = &clients[sent as usize % clients.len()];

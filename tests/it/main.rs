@@ -11,3 +11,4 @@ mod properties;
 mod provision;
 mod schema;
 mod support;
+mod transport;

@@ -4,12 +4,16 @@
 //! - [`shared_pg`] + [`fresh_db`]: one cluster per test binary, one database per test.
 //! - [`PgServer::dedicated`]: a cluster of its own, for tests that stop and restart it.
 //! - [`Broker::start`]: a mosquitto per test.
+//! - [`PgServer::dedicated_with_options`]: one with its own settings, files and TCP rules
+//!   (e.g. TLS only).
+//! - [`TestPki`]: a private CA and a server certificate for TLS tests.
 //! - [`wait_until`]: poll, never sleep.
 //!
 //! Needs `apt-get install -y postgresql mosquitto`. Overrides: `PG_BINDIR`, `MOSQUITTO_BIN`.
 #![allow(dead_code)] // every test module uses a different part
 
 mod broker;
+mod certs;
 mod pg;
 mod process;
 
@@ -18,7 +22,12 @@ use std::time::{Duration, Instant};
 
 pub use broker::Broker;
 #[allow(unused_imports)] // re-exported for the test modules
-pub use pg::{PASSWORD_USER, PASSWORD_USER_PASSWORD, PgServer, TestDb, fresh_db, shared_pg};
+pub use certs::{TestPki, run_checked};
+#[allow(unused_imports)]
+pub use pg::{
+    Hba, PASSWORD_LOGIN_GROUP, PASSWORD_USER, PASSWORD_USER_PASSWORD, PgOptions, PgServer, TestDb,
+    fresh_db, shared_pg,
+};
 
 /// A loopback port that was free a moment ago (bind 127.0.0.1:0, read, close). Servers started
 /// on it retry with a new one if somebody else took it in between.

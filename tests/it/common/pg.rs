@@ -20,14 +20,95 @@ pub const PASSWORD_USER: &str = "password_user";
 /// That role's real password.
 pub const PASSWORD_USER_PASSWORD: &str = "right-password";
 
+/// Members of this group role must authenticate with a password over TCP, like
+/// [`PASSWORD_USER`]. See [`PgServer::password_role_url`].
+pub const PASSWORD_LOGIN_GROUP: &str = "password_login";
+
+/// pg_hba.conf. `{host}` is `host` (TCP with or without TLS) or `hostssl` (TLS only: see
+/// [`Hba::HostSslOnly`]). Local (Unix socket) connections are always trusted: the harness
+/// itself connects that way, so it works whatever TCP demands.
 const PG_HBA: &str = "\
 # Written by the test harness.
-local   all   all                            trust
-host    all   password_user   127.0.0.1/32   scram-sha-256
-host    all   password_user   ::1/128        scram-sha-256
-host    all   all             127.0.0.1/32   trust
-host    all   all             ::1/128        trust
+local   all   all                             trust
+{host}  all   password_user    127.0.0.1/32   scram-sha-256
+{host}  all   password_user    ::1/128        scram-sha-256
+{host}  all   +password_login  127.0.0.1/32   scram-sha-256
+{host}  all   +password_login  ::1/128        scram-sha-256
+{host}  all   all              127.0.0.1/32   trust
+{host}  all   all              ::1/128        trust
 ";
+
+/// Who may connect over TCP to a cluster (see [`PgOptions::hba`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hba {
+    /// Plain TCP or TLS, trust for every role but [`PASSWORD_USER`] and the members of
+    /// [`PASSWORD_LOGIN_GROUP`] (scram-sha-256).
+    #[default]
+    Any,
+    /// The same rules, but TCP connections only over TLS (`hostssl` lines): a plain TCP
+    /// connection is refused with "no pg_hba.conf entry for host …, no encryption". Needs
+    /// `ssl=on` and a certificate in the settings (see [`PgOptions::file`]).
+    HostSslOnly,
+}
+
+/// How to set up a dedicated cluster: [`PgServer::dedicated_with_options`].
+///
+/// ```ignore
+/// // PostgreSQL over TLS only, with a certificate made by the test:
+/// let pg = PgServer::dedicated_with_options(
+///     PgOptions::new()
+///         .file("server.pem", &cert)
+///         .file("server.key", &key)
+///         .setting("ssl", "on")
+///         .setting("ssl_cert_file", "server.pem")
+///         .setting("ssl_key_file", "server.key")
+///         .hba(Hba::HostSslOnly),
+/// );
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    settings: Vec<(String, String)>,
+    files: Vec<(String, PathBuf)>,
+    hba: Hba,
+}
+
+impl PgOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A server setting (`postgresql.conf` name and value), passed as `-c key=value` after the
+    /// harness's defaults (`listen_addresses`, `fsync=off`, `synchronous_commit`,
+    /// `full_page_writes=off`, `max_connections=200`), so it overrides them: `("fsync", "on")`
+    /// gives a durable server. Kept across [`PgServer::stop`]/[`PgServer::start`].
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Several [`PgOptions::setting`]s at once.
+    pub fn settings(mut self, settings: &[(&str, &str)]) -> Self {
+        for (k, v) in settings {
+            self = self.setting(k, v);
+        }
+        self
+    }
+
+    /// Copies `src` into the data directory as `name` before the server first starts, owned by
+    /// the user the server runs as, mode 0600 (what PostgreSQL demands of `ssl_key_file`).
+    /// Settings can name it by its bare `name`: relative paths are relative to the data
+    /// directory.
+    pub fn file(mut self, name: &str, src: &Path) -> Self {
+        self.files.push((name.to_string(), src.to_path_buf()));
+        self
+    }
+
+    /// Who may connect over TCP; default [`Hba::Any`].
+    pub fn hba(mut self, hba: Hba) -> Self {
+        self.hba = hba;
+        self
+    }
+}
 
 /// A PostgreSQL cluster in a temp dir, listening on 127.0.0.1:`port()`, superuser `postgres`,
 /// trust authentication (except [`PASSWORD_USER`]).
@@ -42,6 +123,8 @@ pub struct PgServer {
     /// `synchronous_commit`: off for the shared cluster (speed), on for dedicated ones (see
     /// [`PgServer::dedicated`]).
     synchronous_commit: bool,
+    /// Extra `-c key=value` settings, after the defaults (see [`PgOptions::setting`]).
+    settings: Vec<(String, String)>,
     child: Option<Child>,
     password_user: OnceLock<()>,
     // Field order matters for Drop: the reaper goes before the dir is removed.
@@ -55,7 +138,7 @@ pub struct PgServer {
 /// message at once instead of retrying.
 pub fn shared_pg() -> &'static PgServer {
     static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
-    match SHARED.get_or_init(|| PgServer::try_new(false)) {
+    match SHARED.get_or_init(|| PgServer::try_new(false, PgOptions::default())) {
         Ok(pg) => pg,
         Err(e) => panic!("the shared PostgreSQL test cluster did not start: {e}"),
     }
@@ -71,10 +154,23 @@ impl PgServer {
     /// `synchronous_commit=off` it would lose up to ~200 ms of acknowledged commits, and a
     /// "nothing lost" fault test would fail because of the harness, not the daemon.
     pub fn dedicated() -> PgServer {
-        PgServer::try_new(true).unwrap_or_else(|e| panic!("{e}"))
+        PgServer::dedicated_with_options(PgOptions::default())
     }
 
-    fn try_new(synchronous_commit: bool) -> Result<PgServer, String> {
+    /// [`PgServer::dedicated`] with extra server settings that override the harness's
+    /// defaults, e.g. `PgServer::dedicated_with(&[("fsync", "on")])` for a durable server. See
+    /// [`PgOptions::setting`].
+    pub fn dedicated_with(settings: &[(&str, &str)]) -> PgServer {
+        PgServer::dedicated_with_options(PgOptions::new().settings(settings))
+    }
+
+    /// [`PgServer::dedicated`] with settings, files in the data directory and TCP
+    /// authentication rules: see [`PgOptions`].
+    pub fn dedicated_with_options(options: PgOptions) -> PgServer {
+        PgServer::try_new(true, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_new(synchronous_commit: bool, options: PgOptions) -> Result<PgServer, String> {
         let bindir = find_bindir();
         let run_as = if process::running_as_root() {
             Some(process::lookup_user("postgres").ok_or_else(|| {
@@ -104,12 +200,16 @@ impl PgServer {
             bindir,
             run_as,
             synchronous_commit,
+            settings: options.settings,
             child: None,
             password_user: OnceLock::new(),
             reaper: Some(reaper),
             dir: Some(dir),
         };
-        pg.initdb()?;
+        pg.initdb(options.hba)?;
+        for (name, src) in &options.files {
+            pg.install_file(name, src)?;
+        }
         let mut last_err = String::new();
         for _ in 0..PORT_ATTEMPTS {
             pg.port = super::free_port();
@@ -148,6 +248,51 @@ impl PgServer {
         let mut url = url::Url::parse(&self.url("postgres")).expect("our own URL parses");
         url.set_username(PASSWORD_USER)
             .expect("URL takes a username");
+        url.set_password(Some(password))
+            .expect("URL takes a password");
+        url.to_string()
+    }
+
+    /// A key-value connection string to `db` through the Unix socket, as `postgres`, trusted
+    /// whatever the TCP rules are (the harness connects this way; so can tests that need a
+    /// plain connection to a TLS-only server).
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host='{}' port={} user=postgres dbname={db}",
+            self.dir()
+                .display()
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('\'', "\\'"),
+            self.port
+        )
+    }
+
+    /// A URL to `db` for a new superuser `role` that must authenticate with `password` over
+    /// TCP (scram-sha-256: a member of [`PASSWORD_LOGIN_GROUP`]), for tests that need a
+    /// password of their choosing. Creates the role, or sets its password if it exists.
+    pub fn password_role_url(&self, db: &str, role: &str, password: &str) -> String {
+        let ident = role.replace('"', "\"\"");
+        let literal = password.replace('\'', "''");
+        self.execute_blocking(
+            "postgres",
+            &format!(
+                "DO $$ BEGIN
+                   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PASSWORD_LOGIN_GROUP}') THEN
+                     CREATE ROLE {PASSWORD_LOGIN_GROUP} NOLOGIN;
+                   END IF;
+                 END $$;
+                 DO $$ BEGIN
+                   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{}') THEN
+                     CREATE ROLE \"{ident}\" LOGIN SUPERUSER IN ROLE {PASSWORD_LOGIN_GROUP};
+                   END IF;
+                 END $$;
+                 ALTER ROLE \"{ident}\" PASSWORD '{literal}';",
+                role.replace('\'', "''")
+            ),
+        );
+        let mut url = url::Url::parse(&self.url(db)).expect("our own URL parses");
+        url.set_username(role).expect("URL takes a username");
         url.set_password(Some(password))
             .expect("URL takes a password");
         url.to_string()
@@ -227,7 +372,7 @@ impl PgServer {
     /// Runs `sql` (any number of statements) against `db` from synchronous code, e.g. inside
     /// a test helper that cannot await. Panics on error.
     pub fn execute_blocking(&self, db: &str, sql: &str) {
-        let url = self.url(db);
+        let url = self.socket_url(db);
         let sql = sql.to_string();
         // A thread of its own: a runtime cannot be started inside the caller's runtime.
         std::thread::spawn(move || {
@@ -273,7 +418,7 @@ impl PgServer {
         cmd
     }
 
-    fn initdb(&self) -> Result<(), String> {
+    fn initdb(&self, hba: Hba) -> Result<(), String> {
         let data = self.data_dir();
         let out = self
             .command("initdb")
@@ -291,8 +436,27 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        std::fs::write(data.join("pg_hba.conf"), PG_HBA)
+        let host = match hba {
+            Hba::Any => "host   ",
+            Hba::HostSslOnly => "hostssl",
+        };
+        std::fs::write(data.join("pg_hba.conf"), PG_HBA.replace("{host} ", host))
             .map_err(|e| format!("write pg_hba.conf: {e}"))?;
+        Ok(())
+    }
+
+    /// Copies `src` into the data dir as `name`, owned by the server's user, mode 0600.
+    fn install_file(&self, name: &str, src: &Path) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dest = self.data_dir().join(name);
+        std::fs::copy(src, &dest)
+            .map_err(|e| format!("copy {} to {}: {e}", src.display(), dest.display()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod 0600 {}: {e}", dest.display()))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&dest, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {} to postgres: {e}", dest.display()))?;
+        }
         Ok(())
     }
 
@@ -306,9 +470,8 @@ impl PgServer {
         } else {
             "synchronous_commit=off"
         };
-        let mut child = self
-            .command("postgres")
-            .arg("-D")
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
             .arg(self.data_dir())
             .args(["-p", &port, "-k"])
             .arg(self.dir())
@@ -316,7 +479,12 @@ impl PgServer {
             .args(["-c", "fsync=off"])
             .args(["-c", sync_commit])
             .args(["-c", "full_page_writes=off"])
-            .args(["-c", "max_connections=200"])
+            .args(["-c", "max_connections=200"]);
+        // After the defaults: for the same key, the last -c wins.
+        for (key, value) in &self.settings {
+            cmd.arg("-c").arg(format!("{key}={value}"));
+        }
+        let mut child = cmd
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -382,13 +550,17 @@ impl Drop for PgServer {
 #[derive(Debug, Clone)]
 pub struct TestDb {
     pub name: String,
+    /// TCP, as `postgres`, no TLS: `postgres://postgres@127.0.0.1:PORT/NAME`.
     pub url: String,
+    /// Through the Unix socket (see [`PgServer::socket_url`]).
+    pub socket_url: String,
 }
 
 /// `CREATE DATABASE t_<uuid>` on `pg`.
 pub async fn fresh_db(pg: &PgServer) -> TestDb {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = pg.url("postgres");
+    // Through the Unix socket: works whatever the TCP rules (e.g. TLS only) are.
+    let admin = pg.socket_url("postgres");
     let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("connect to {admin}: {e}; server log:\n{}", pg.log_tail(20)));
@@ -401,6 +573,7 @@ pub async fn fresh_db(pg: &PgServer) -> TestDb {
     let _ = conn.await;
     TestDb {
         url: pg.url(&name),
+        socket_url: pg.socket_url(&name),
         name,
     }
 }

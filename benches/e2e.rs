@@ -1,0 +1,1217 @@
+//! The end-to-end benchmark (`scripts/bench`, or `cargo bench --bench e2e`): the daemon against
+//! this machine's ceilings and against two peers, all measured in one run on the same stream.
+//!
+//! One durable PostgreSQL (`fsync=on`, `synchronous_commit=on`) and one mosquitto configured like
+//! `deploy/mosquitto/` start on loopback; an inventory of [`METERS`] meters is provisioned. Each
+//! repetition then runs every case once, side by side, on an empty `measurements` table after a
+//! `CHECKPOINT`:
+//!
+//! - `db ceiling`: binary `COPY` of the rows the simulator produces (round-robin over the meters,
+//!   power readings, successive timestamps), in transactions of the daemon's batch size, one
+//!   connection; no MQTT;
+//! - `broker ceiling`: the simulator → mosquitto → a QoS 1 subscriber that only counts;
+//! - `enalysis-ingest`: the simulator → mosquitto → the daemon (release build, default settings)
+//!   → PostgreSQL, until every reading is committed; then the table is checked to hold exactly the
+//!   published readings and no rejection;
+//! - the peers (`bench/peers/`, installed by `bench/peers/setup`): the same stream into the same
+//!   table, for at most `BENCH_PEER_WINDOW_SECS`;
+//! - latency: the daemon at half its sustained rate, p50/p99 of receipt → commit from its
+//!   histogram.
+//!
+//! A throughput is readings stored ÷ time from the simulator's start to the last commit: the
+//! publisher runs flat out and mosquitto queues what a consumer cannot take yet, so this is the
+//! consumer's sustained rate (bounded by the publisher's and the broker's). CPU is read from
+//! /proc for each process tree over the same interval, which says who was the bottleneck.
+//!
+//! Settings (environment): `BENCH_REPEATS` (3), `BENCH_READINGS` (300000 per case),
+//! `BENCH_PEER_WINDOW_SECS` (15), `BENCH_DIR` (`.bench`, where the peers are installed),
+//! `BENCH_CASES` (comma-separated case names to run; default all).
+
+#[path = "../tests/it/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use chrono::{DateTime, Utc};
+use enalysis_ingest::model::{EntityKind, Quality};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use common::{Broker, PgServer};
+
+/// Meters in the benchmark's inventory: the simulator spreads readings round-robin over them.
+const METERS: usize = 1000;
+/// The daemon's default `ingest.batch_max_rows`, used for the database ceiling's transactions.
+const BATCH_ROWS: usize = 5000;
+const TOPIC_FILTER: &str = "enalysis/v1/+/+/readings";
+const BIN: &str = env!("CARGO_BIN_EXE_enalysis-ingest");
+
+struct Settings {
+    repeats: usize,
+    readings: u64,
+    peer_window: Duration,
+    bench_dir: PathBuf,
+    cases: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings> {
+        fn num(name: &str, default: u64) -> Result<u64> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .with_context(|| format!("{name}={v:?} is not a number")),
+                Err(_) => Ok(default),
+            }
+        }
+        let readings = num("BENCH_READINGS", 300_000)?;
+        ensure!(
+            readings >= 10_000 && readings % 10 == 0,
+            "BENCH_READINGS must be a multiple of 10, at least 10000"
+        );
+        Ok(Settings {
+            repeats: num("BENCH_REPEATS", 3)?.max(1) as usize,
+            readings,
+            peer_window: Duration::from_secs(num("BENCH_PEER_WINDOW_SECS", 15)?),
+            bench_dir: std::env::var_os("BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".bench")),
+            cases: std::env::var("BENCH_CASES")
+                .ok()
+                .map(|s| s.split(',').map(|c| c.trim().to_string()).collect()),
+        })
+    }
+
+    fn wants(&self, case: &str) -> bool {
+        self.cases
+            .as_ref()
+            .is_none_or(|cs| cs.iter().any(|c| case.starts_with(c.as_str())))
+    }
+}
+
+/// One measurement of one case.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    readings_per_s: f64,
+    /// CPU seconds of the consumer's process tree per reading, in µs.
+    cpu_us_per_reading: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    /// Cores busy per process group during the measurement.
+    cores: BTreeMap<&'static str, f64>,
+    /// Whether every published reading was stored (peers may run out of window).
+    complete: bool,
+    note: String,
+}
+
+#[derive(Debug, Default)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    rate: f64,
+    batches: u64,
+}
+
+fn main() -> Result<()> {
+    // `cargo bench` runs this with `--bench`; `cargo test --all-targets` runs it without (and
+    // with `--list` to probe): then it only says how to run it, it does not start a 5-minute run.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!(
+            "the end-to-end benchmark: run it with scripts/bench (or cargo bench --bench e2e)"
+        );
+        return Ok(());
+    }
+    let settings = Settings::from_env()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
+struct Env {
+    pg: PgServer,
+    broker: Broker,
+    db_url: String,
+    client: tokio_postgres::Client,
+    meters: Vec<Uuid>,
+}
+
+async fn run(s: Settings) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("starting PostgreSQL (fsync=on, synchronous_commit=on) and mosquitto …");
+    let pg = PgServer::dedicated_with(&[
+        ("fsync", "on"),
+        ("synchronous_commit", "on"),
+        ("full_page_writes", "on"),
+        // The daemon's partitions and the bench's checkpoints, not the server's timer, decide
+        // when WAL is flushed to the heap: each case starts from a checkpoint.
+        ("max_wal_size", "4GB"),
+        ("checkpoint_timeout", "30min"),
+    ]);
+    let broker = Broker::start();
+    let db_url = pg.url("postgres");
+    cli(&db_url, &broker.url(), &["migrate"])?;
+    cli(&db_url, &broker.url(), &["seed"])?;
+    let inventory = inventory_yaml();
+    let inv_path = pg.dir().join("bench-inventory.yaml");
+    std::fs::write(&inv_path, inventory)?;
+    cli(
+        &db_url,
+        &broker.url(),
+        &["provision", inv_path.to_str().context("utf-8 path")?],
+    )?;
+    let client = connect(&db_url).await?;
+    let meters: Vec<Uuid> = client
+        .query("SELECT id FROM meters WHERE active ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(meters.len() == METERS, "expected {METERS} meters");
+    let env = Env {
+        pg,
+        broker,
+        db_url,
+        client,
+        meters,
+    };
+    let peers = Peer::all(&s.bench_dir);
+    for p in &peers {
+        if let Err(e) = &p.available {
+            eprintln!("peer {}: not run: {e}", p.name);
+        }
+    }
+
+    let mut results: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let n = s.readings;
+    for rep in 1..=s.repeats {
+        eprintln!("— run {rep}/{} —", s.repeats);
+        let mut record = |case: &'static str, r: Result<Sample>| match r {
+            Ok(sample) => {
+                eprintln!(
+                    "  {case:<26} {:>10.0} readings/s  {}",
+                    sample.readings_per_s,
+                    fmt_cores(&sample.cores)
+                );
+                results.entry(case).or_default().push(sample);
+            }
+            Err(e) => eprintln!("  {case:<26} failed: {e:#}"),
+        };
+        if s.wants("db") {
+            record("db ceiling (COPY)", db_ceiling(&env, n).await);
+        }
+        if s.wants("broker") {
+            record("broker ceiling, 1/msg", broker_ceiling(&env, n, 1).await);
+            record("broker ceiling, 10/msg", broker_ceiling(&env, n, 10).await);
+        }
+        let mut sustained = None;
+        if s.wants("daemon") {
+            let r = daemon_run(&env, n, 1, None).await.map(|(s, _)| s);
+            sustained = r.as_ref().ok().map(|s| s.readings_per_s);
+            record("enalysis-ingest, 1/msg", r);
+            record(
+                "enalysis-ingest, 10/msg",
+                daemon_run(&env, n, 10, None).await.map(|(s, _)| s),
+            );
+        }
+        for p in &peers {
+            if p.available.is_ok() && s.wants(p.case) {
+                record(p.case, peer_run(&env, p, n, s.peer_window).await);
+            }
+        }
+        if let (Some(rate), true) = (sustained, s.wants("latency")) {
+            // Half the sustained rate, for about 8 seconds.
+            let half = (rate / 2.0).max(100.0);
+            let count = ((half * 8.0) as u64).max(1000);
+            match daemon_run(&env, count, 1, Some(half)).await {
+                Ok((_, Some(l))) => {
+                    eprintln!(
+                        "  latency at {:.0} readings/s: p50 {:.0} ms, p99 {:.0} ms ({} batches)",
+                        l.rate, l.p50_ms, l.p99_ms, l.batches
+                    );
+                    latencies.push(l);
+                }
+                Ok(_) => eprintln!("  latency: no histogram"),
+                Err(e) => eprintln!("  latency failed: {e:#}"),
+            }
+        }
+    }
+    report(&s, &env, &results, &latencies, started.elapsed()).await;
+    Ok(())
+}
+
+/// Runs one CLI command of the daemon's binary against the bench's servers.
+fn cli(db: &str, mqtt: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("MQTT_URL", mqtt)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {BIN} {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn inventory_yaml() -> String {
+    let mut y = String::from("portfolios:\n  - name: Bench\n    sites:\n");
+    let categories = ["CONS", "PROD", "INJ", "STOR"];
+    for site in 0..10 {
+        y.push_str(&format!(
+            "      - name: Site {site}\n        industry_type: datacenter\n        meters:\n"
+        ));
+        for m in 0..METERS / 10 {
+            let i = site * (METERS / 10) + m;
+            y.push_str(&format!(
+                "          - external_id: bench-meter-{i}\n            name: Meter {i}\n            category: {}\n",
+                categories[i % categories.len()]
+            ));
+        }
+    }
+    y
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Empty table, clean WAL: every case starts from the same state.
+async fn reset(env: &Env) -> Result<()> {
+    env.client
+        .batch_execute("TRUNCATE measurements, rejected_readings; CHECKPOINT")
+        .await?;
+    Ok(())
+}
+
+async fn stored(env: &Env) -> Result<(i64, i64)> {
+    let row = env
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM measurements), (SELECT count(*) FROM rejected_readings)",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU accounting from /proc
+
+/// The process groups whose CPU is reported: each pid with every process below it.
+struct Watch {
+    groups: Vec<(&'static str, u32)>,
+    ticks: Vec<u64>,
+    at: Instant,
+}
+
+/// The bench's own CPU (its threads, not the servers and clients it started).
+fn self_ticks() -> u64 {
+    proc_ticks(std::process::id())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of one process (its exited children are not included).
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the `(comm)`, which may contain spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime 15.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid` and every process below it.
+fn tree(pid: u32) -> Vec<u32> {
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        out.extend(all.iter().copied().filter(|&c| parent_of(c) == Some(p)));
+        i += 1;
+    }
+    out
+}
+
+fn tree_ticks(pid: u32) -> u64 {
+    tree(pid).into_iter().map(proc_ticks).sum()
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn pid_file(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Watch {
+    fn start(env: &Env, extra: &[(&'static str, u32)]) -> Watch {
+        let mut groups = Vec::new();
+        if let Some(pid) = pid_file(&env.pg.data_dir().join("postmaster.pid")) {
+            groups.push(("postgres", pid));
+        }
+        if let Some(pid) = pid_file(&env.broker.dir().join("server.pid")) {
+            groups.push(("mosquitto", pid));
+        }
+        groups.extend_from_slice(extra);
+        let ticks = groups.iter().map(|(_, p)| Watch::ticks(*p)).collect();
+        Watch {
+            groups,
+            ticks,
+            at: Instant::now(),
+        }
+    }
+
+    fn ticks(pid: u32) -> u64 {
+        if pid == std::process::id() {
+            self_ticks()
+        } else {
+            tree_ticks(pid)
+        }
+    }
+
+    /// Starts the clock again (the groups stay).
+    fn restart(&mut self) {
+        self.ticks = self.groups.iter().map(|(_, p)| Watch::ticks(*p)).collect();
+        self.at = Instant::now();
+    }
+
+    /// Cores busy per group since start.
+    fn stop(&self) -> BTreeMap<&'static str, f64> {
+        let wall = self.at.elapsed().as_secs_f64();
+        let hz = clock_ticks();
+        let mut cores = BTreeMap::new();
+        for ((name, pid), before) in self.groups.iter().zip(&self.ticks) {
+            let cpu = Watch::ticks(*pid).saturating_sub(*before) as f64 / hz;
+            *cores.entry(*name).or_insert(0.0) += cpu / wall;
+        }
+        cores
+    }
+}
+
+fn fmt_cores(cores: &BTreeMap<&'static str, f64>) -> String {
+    cores
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulator
+
+struct Simulator {
+    child: Child,
+    out: PathBuf,
+    /// Readings it will publish.
+    readings: u64,
+}
+
+impl Simulator {
+    /// Publishes `readings` readings, `per_message` to a message, at `rate` readings/s (or as
+    /// fast as the broker takes them).
+    fn start(env: &Env, readings: u64, per_message: u64, rate: Option<f64>) -> Result<Simulator> {
+        let messages = readings / per_message;
+        // Flat out: everything is due after one second, then the publisher runs as fast as the
+        // broker acknowledges.
+        let (msg_rate, duration) = match rate {
+            None => (messages, 1),
+            Some(r) => {
+                let msg_rate = ((r / per_message as f64) as u64).max(1);
+                (msg_rate, messages.div_ceil(msg_rate))
+            }
+        };
+        let out = env
+            .pg
+            .dir()
+            .join(format!("simulate-{}.out", Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&out)?;
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "simulate",
+            "--single",
+            "--qos",
+            "1",
+            "--connections",
+            "2",
+            "--per-message",
+            &per_message.to_string(),
+            "--rate",
+            &msg_rate.to_string(),
+            "--duration",
+            &duration.to_string(),
+        ])
+        .env("DATABASE_URL", &env.db_url)
+        .env("MQTT_URL", env.broker.url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+        let child = cmd.spawn().context("starting the simulator")?;
+        Ok(Simulator {
+            child,
+            out,
+            readings: msg_rate * duration * per_message,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for it to finish; the readings it says it published.
+    async fn finish(mut self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+                ensure!(status.success(), "the simulator failed: {text}");
+                // "published N messages (M readings, …"
+                let readings = text
+                    .split_once('(')
+                    .and_then(|(_, r)| r.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| anyhow!("no summary from the simulator: {text}"))?;
+                return Ok(readings);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the simulator did not finish within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn db_ceiling(env: &Env, n: u64) -> Result<Sample> {
+    reset(env).await?;
+    let mut client = connect(&env.db_url).await?;
+    let stmt = client
+        .prepare("SELECT entity_type, entity_id, metric, ts, value, unit, quality, received_at FROM measurements LIMIT 0")
+        .await?;
+    let types: Vec<_> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
+    // The simulator's rows: round-robin over the meters, successive timestamps per meter.
+    let start: DateTime<Utc> = Utc::now() - chrono::Duration::hours(2);
+    let per_meter = n.div_ceil(env.meters.len() as u64) as i64;
+    let step_ms = (3_600_000 / per_meter).max(1);
+    let watch = Watch::start(env, &[("bench (COPY client)", std::process::id())]);
+    let t0 = Instant::now();
+    let mut i: u64 = 0;
+    while i < n {
+        let tx = client.transaction().await?;
+        let sink = tx
+            .copy_in("COPY measurements (entity_type, entity_id, metric, ts, value, unit, quality, received_at) FROM STDIN (FORMAT binary)")
+            .await?;
+        let mut w = pin!(BinaryCopyInWriter::new(sink, &types));
+        let end = (i + BATCH_ROWS as u64).min(n);
+        let now = Utc::now();
+        while i < end {
+            let m = (i % env.meters.len() as u64) as usize;
+            let k = (i / env.meters.len() as u64) as i64;
+            let ts = start + chrono::Duration::milliseconds(k * step_ms);
+            let value = 50.0 + (i % 97) as f64 * 0.731;
+            let row: [&(dyn ToSql + Sync); 8] = [
+                &EntityKind::Meter,
+                &env.meters[m],
+                &"power",
+                &ts,
+                &value,
+                &"kW",
+                &Quality::Good,
+                &now,
+            ];
+            w.as_mut().write(&row).await?;
+            i += 1;
+        }
+        w.finish().await?;
+        tx.commit().await?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cores = watch.stop();
+    let (count, _) = stored(env).await?;
+    ensure!(count as u64 == n, "COPY stored {count} of {n} rows");
+    Ok(Sample {
+        readings_per_s: n as f64 / secs,
+        cores,
+        complete: true,
+        ..Default::default()
+    })
+}
+
+/// The simulator → mosquitto → `mosquitto_sub` (the broker's own C client, QoS 1), which only
+/// prints each payload on a line; the bench counts the lines.
+async fn broker_ceiling(env: &Env, n: u64, per_message: u64) -> Result<Sample> {
+    use tokio::io::AsyncReadExt;
+    let messages = n / per_message;
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &env.broker.port().to_string()])
+        .args(["-t", TOPIC_FILTER, "-q", "1", "-V", "mqttv5"])
+        .args(["-i", &format!("bench-count-{}", Uuid::new_v4().simple())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting mosquitto_sub (apt-get install mosquitto-clients)")?;
+    let sub_pid = sub.id().context("mosquitto_sub exited")?;
+    let mut out = sub.stdout.take().context("mosquitto_sub's stdout")?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut lines = 0u64;
+    // Warm-up messages until one comes through: then the subscription is in place.
+    let warmup = format!("enalysis/v1/bench/{}/readings", Uuid::new_v4().simple());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "mosquitto_sub never received a message"
+        );
+        let _ = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &env.broker.port().to_string()])
+            .args(["-t", &warmup, "-q", "1", "-m", "{}"])
+            .status();
+        if let Ok(Ok(k)) =
+            tokio::time::timeout(Duration::from_millis(200), out.read(&mut buf)).await
+        {
+            ensure!(k > 0, "mosquitto_sub exited");
+            lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+    }
+    let sim = Simulator::start(env, n, per_message, None)?;
+    let mut watch = Watch::start(env, &[("simulator", sim.pid()), ("subscriber", sub_pid)]);
+    let target = lines + messages;
+    let mut first: Option<(Instant, u64)> = None;
+    let count = async {
+        while lines < target {
+            let k = out.read(&mut buf).await?;
+            ensure!(k > 0, "mosquitto_sub exited");
+            lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
+            if first.is_none() {
+                first = Some((Instant::now(), lines));
+                watch.restart();
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), count)
+        .await
+        .context("mosquitto_sub did not receive every message within 120 s")??;
+    let end = Instant::now();
+    let cores = watch.stop();
+    let published = sim.finish(Duration::from_secs(30)).await?;
+    ensure!(published == n, "the simulator published {published} of {n}");
+    let _ = sub.kill().await;
+    let (t1, l1) = first.context("nothing received")?;
+    Ok(Sample {
+        readings_per_s: rate(target - l1, per_message, end - t1, n),
+        cores,
+        complete: true,
+        ..Default::default()
+    })
+}
+
+/// Readings/s from the first observed progress to the end (the start-up of the simulator and of
+/// the consumer is not the consumer's throughput). `units` are messages or readings after the
+/// first observation; a run too short to observe falls back to the whole count.
+fn rate(units: u64, per_unit: u64, elapsed: Duration, total: u64) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if units == 0 || secs <= 0.0 {
+        total as f64 / secs.max(1e-3)
+    } else {
+        (units * per_unit) as f64 / secs
+    }
+}
+
+static DAEMON_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+struct Daemon {
+    child: Child,
+    http: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    async fn start(env: &Env) -> Result<Daemon> {
+        let http = common::free_port();
+        // Kept after the run for a look: target/bench/daemon-N.log.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            DAEMON_RUNS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(BIN)
+            .arg("run")
+            .env("DATABASE_URL", &env.db_url)
+            .env("MQTT_URL", env.broker.url())
+            .env("ENALYSIS_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env(
+                "ENALYSIS_MQTT__CLIENT_ID",
+                format!("bench-ingest-{}", Uuid::new_v4().simple()),
+            )
+            // The session ends with the run: later cases must not queue messages for it.
+            .env("ENALYSIS_MQTT__SESSION_EXPIRY_SECS", "1")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting the daemon")?;
+        let d = Daemon { child, http, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&d.log)
+            .unwrap_or_default()
+            .contains("\"subscribed\"")
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the daemon did not subscribe within 30 s: {}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(d)
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.http)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body)
+    }
+
+    async fn accepted(&self) -> Result<u64> {
+        let m = self.metrics().await?;
+        Ok(metric_value(&m, "ingest_readings_accepted_total").unwrap_or(0.0) as u64)
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                ensure!(status.success(), "the daemon exited with {status}");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "the daemon did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Quantile from Prometheus `_bucket` lines (cumulative), interpolated within the bucket.
+fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<(f64, u64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in &buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some((prev.0, total as u64));
+            }
+            let within = if count > prev.1 {
+                (rank - prev.1) / (count - prev.1)
+            } else {
+                0.0
+            };
+            return Some((prev.0 + (le - prev.0) * within, total as u64));
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+/// The daemon end to end: every reading committed, checked in the table. With `rate`, the
+/// simulator publishes at that rate and the latency histogram is read.
+async fn daemon_run(
+    env: &Env,
+    n: u64,
+    per_message: u64,
+    pace: Option<f64>,
+) -> Result<(Sample, Option<Latency>)> {
+    reset(env).await?;
+    let daemon = Daemon::start(env).await?;
+    let sim = Simulator::start(env, n, per_message, pace)?;
+    // At a pace, the simulator rounds up to whole seconds.
+    let n = sim.readings;
+    let daemon_pid = daemon.child.id();
+    let ticks0 = proc_ticks(daemon_pid);
+    let mut watch = Watch::start(env, &[("simulator", sim.pid()), ("daemon", daemon_pid)]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let accepted = daemon.accepted().await?;
+        if accepted > 0 && first.is_none() {
+            first = Some((Instant::now(), accepted));
+            watch.restart();
+        }
+        if accepted >= n {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {accepted} of {n} readings committed after 180 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end = Instant::now();
+    let cores = watch.stop();
+    let cpu = proc_ticks(daemon_pid).saturating_sub(ticks0) as f64 / clock_ticks();
+    let rss = peak_rss_mib(daemon_pid);
+    let (t1, c1) = first.context("nothing committed")?;
+    let metrics = daemon.metrics().await?;
+    let published = sim.finish(Duration::from_secs(60)).await?;
+    daemon.stop().await?;
+    let (count, rejected) = stored(env).await?;
+    ensure!(
+        published == n && count as u64 == n && rejected == 0,
+        "published {published}, stored {count}, rejected {rejected}: expected {n} stored exactly once"
+    );
+    let latency = pace.and_then(|r| {
+        let (p50, batches) =
+            histogram_quantile(&metrics, "ingest_end_to_end_latency_seconds", 0.5)?;
+        let (p99, _) = histogram_quantile(&metrics, "ingest_end_to_end_latency_seconds", 0.99)?;
+        Some(Latency {
+            p50_ms: p50 * 1000.0,
+            p99_ms: p99 * 1000.0,
+            rate: r,
+            batches,
+        })
+    });
+    Ok((
+        Sample {
+            readings_per_s: rate(n - c1, 1, end - t1, n),
+            cpu_us_per_reading: Some(cpu * 1e6 / n as f64),
+            peak_rss_mib: rss,
+            cores,
+            complete: true,
+            note: String::new(),
+        },
+        latency,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers
+
+struct Peer {
+    name: &'static str,
+    case: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    ready: &'static str,
+    available: Result<()>,
+}
+
+impl Peer {
+    fn all(bench_dir: &Path) -> Vec<Peer> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = bench_dir.join("venv/bin/python");
+        let node_red = bench_dir.join("node-red");
+        let check = |paths: &[&Path]| -> Result<()> {
+            for p in paths {
+                ensure!(
+                    p.exists(),
+                    "{} is missing: run bench/peers/setup",
+                    p.display()
+                );
+            }
+            Ok(())
+        };
+        let bridge = root.join("bench/peers/python/bridge.py");
+        let red_js = node_red.join("node_modules/node-red/red.js");
+        let settings = root.join("bench/peers/node-red/settings.js");
+        vec![
+            Peer {
+                name: "python",
+                case: "python bridge",
+                available: check(&[&python, &bridge]),
+                program: python,
+                args: vec![bridge.display().to_string()],
+                ready: "ready",
+            },
+            Peer {
+                name: "node-red",
+                case: "node-red",
+                available: check(&[&red_js, &settings]),
+                program: PathBuf::from("node"),
+                args: vec![
+                    red_js.display().to_string(),
+                    "--settings".into(),
+                    settings.display().to_string(),
+                ],
+                ready: "ready",
+            },
+        ]
+    }
+}
+
+async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sample> {
+    reset(env).await?;
+    let log = env
+        .pg
+        .dir()
+        .join(format!("{}-{}.log", peer.name, Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&log)?;
+    let mut child = Command::new(&peer.program)
+        .args(&peer.args)
+        .env("MQTT_HOST", "127.0.0.1")
+        .env("MQTT_PORT", env.broker.port().to_string())
+        .env("MQTT_TOPIC", TOPIC_FILTER)
+        .env(
+            "MQTT_CLIENT_ID",
+            format!("bench-{}-{}", peer.name, Uuid::new_v4().simple()),
+        )
+        .env("DATABASE_URL", &env.db_url)
+        .env("BENCH_DIR", env.pg.dir())
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", peer.program.display()))?;
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().any(|l| l.contains(peer.ready)) {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("{} exited with {status}: {text}", peer.name);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} not ready within 60 s: {text}",
+                peer.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sim = Simulator::start(env, n, 1, None)?;
+        let pid = child.id();
+        let ticks0 = tree_ticks(pid);
+        let mut watch = Watch::start(env, &[("simulator", sim.pid()), (peer.name, pid)]);
+        let t0 = Instant::now();
+        // Peers have no metrics: count in the table, often until the first row, then once a
+        // second (cheap next to the load).
+        let mut first: Option<(Instant, u64)> = None;
+        let (count, end) = loop {
+            let pause = if first.is_some() { 1000 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let count = stored(env).await?.0 as u64;
+            if count > 0 && first.is_none() {
+                first = Some((Instant::now(), count));
+                watch.restart();
+            }
+            if count >= n || t0.elapsed() >= window {
+                break (count, Instant::now());
+            }
+        };
+        let cores = watch.stop();
+        let cpu = tree_ticks(pid).saturating_sub(ticks0) as f64 / clock_ticks();
+        let rss = tree(pid).into_iter().filter_map(peak_rss_mib).sum::<f64>();
+        let readings_per_s = match first {
+            Some((t1, c1)) => rate(count - c1, 1, end - t1, count),
+            None => 0.0,
+        };
+        drop(sim);
+        Ok(Sample {
+            readings_per_s,
+            cpu_us_per_reading: (count > 0).then(|| cpu * 1e6 / count as f64),
+            peak_rss_mib: Some(rss),
+            cores,
+            complete: count >= n,
+            note: if count >= n {
+                String::new()
+            } else {
+                format!("{count} of {n} stored in the {}-s window", window.as_secs())
+            },
+        })
+    }
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn median_spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let mid = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (mid, s[0], s[s.len() - 1])
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+async fn report(
+    s: &Settings,
+    env: &Env,
+    results: &BTreeMap<&'static str, Vec<Sample>>,
+    latencies: &[Latency],
+    elapsed: Duration,
+) {
+    let median = |case: &str| {
+        results
+            .get(case)
+            .map(|v| median_spread(&v.iter().map(|s| s.readings_per_s).collect::<Vec<_>>()).0)
+    };
+    let db = median("db ceiling (COPY)");
+    let ceiling = |per_message: u64| {
+        let broker = median(if per_message == 1 {
+            "broker ceiling, 1/msg"
+        } else {
+            "broker ceiling, 10/msg"
+        });
+        match (db, broker) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    let pg_version = env
+        .client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_default();
+    let mosquitto = Command::new(
+        std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| "/usr/sbin/mosquitto".into()),
+    )
+    .arg("-h")
+    .output()
+    .ok()
+    .and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    })
+    .unwrap_or_default();
+    println!();
+    println!(
+        "enalysis-ingest end-to-end benchmark: {} readings per case, {METERS} meters, QoS 1, {} run(s), {:.0} s in all",
+        thousands(s.readings as f64),
+        s.repeats,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "PostgreSQL {pg_version} (fsync=on, synchronous_commit=on), {mosquitto}, {} CPUs; median [min – max]",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!();
+    println!(
+        "| case | readings/s | × ceiling | CPU µs/reading | peak RSS MiB | cores busy (median run) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | --- |");
+    let order = [
+        "db ceiling (COPY)",
+        "broker ceiling, 1/msg",
+        "broker ceiling, 10/msg",
+        "enalysis-ingest, 1/msg",
+        "enalysis-ingest, 10/msg",
+        "python bridge",
+        "node-red",
+    ];
+    for case in order {
+        let Some(samples) = results.get(case) else {
+            continue;
+        };
+        let rates: Vec<f64> = samples.iter().map(|s| s.readings_per_s).collect();
+        let (mid, lo, hi) = median_spread(&rates);
+        let per_message = if case.ends_with("10/msg") { 10 } else { 1 };
+        let ratio = match (case.contains("ceiling"), ceiling(per_message)) {
+            (false, Some(c)) => format!("{:.2}", mid / c),
+            _ => "".into(),
+        };
+        let cpu: Vec<f64> = samples
+            .iter()
+            .filter_map(|s| s.cpu_us_per_reading)
+            .collect();
+        let cpu = if cpu.is_empty() {
+            String::new()
+        } else {
+            format!("{:.1}", median_spread(&cpu).0)
+        };
+        let rss = samples
+            .iter()
+            .filter_map(|s| s.peak_rss_mib)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_default();
+        // Cores of the run closest to the median.
+        let typical = samples
+            .iter()
+            .min_by(|a, b| {
+                (a.readings_per_s - mid)
+                    .abs()
+                    .total_cmp(&(b.readings_per_s - mid).abs())
+            })
+            .map(|s| {
+                let mut t = fmt_cores(&s.cores);
+                if !s.complete {
+                    t.push_str(&format!(" ({})", s.note));
+                }
+                t
+            })
+            .unwrap_or_default();
+        println!(
+            "| {case} | {} [{} – {}] | {ratio} | {cpu} | {rss} | {typical} |",
+            thousands(mid),
+            thousands(lo),
+            thousands(hi)
+        );
+    }
+    if !latencies.is_empty() {
+        let p50 = median_spread(&latencies.iter().map(|l| l.p50_ms).collect::<Vec<_>>());
+        let p99 = median_spread(&latencies.iter().map(|l| l.p99_ms).collect::<Vec<_>>());
+        let rate = median_spread(&latencies.iter().map(|l| l.rate).collect::<Vec<_>>()).0;
+        println!();
+        println!(
+            "Latency, receipt of a batch's first message → its commit, at half the sustained rate (~{} readings/s): p50 {:.0} ms [{:.0} – {:.0}], p99 {:.0} ms [{:.0} – {:.0}]",
+            thousands(rate),
+            p50.0,
+            p50.1,
+            p50.2,
+            p99.0,
+            p99.1,
+            p99.2
+        );
+    }
+    let peer_best = ["python bridge", "node-red"]
+        .iter()
+        .filter_map(|c| median(c).map(|m| (*c, m)))
+        .collect::<Vec<_>>();
+    if let Some(d) = median("enalysis-ingest, 1/msg") {
+        for (c, m) in peer_best {
+            println!(
+                "enalysis-ingest 1/msg is {:.1}× {c}",
+                d / m.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+}
