@@ -24,7 +24,7 @@
 //! /proc for each process tree over the same interval, which says who was the bottleneck.
 //!
 //! Settings (environment): `BENCH_REPEATS` (3), `BENCH_READINGS` (300000 per case),
-//! `BENCH_PEER_WINDOW_SECS` (15), `BENCH_DIR` (`.bench`, where the peers are installed),
+//! `BENCH_PEER_WINDOW_SECS` (12), `BENCH_DIR` (`.bench`, where the peers are installed),
 //! `BENCH_CASES` (comma-separated case names to run; default all).
 
 #[path = "../tests/it/common/mod.rs"]
@@ -79,7 +79,7 @@ impl Settings {
         Ok(Settings {
             repeats: num("BENCH_REPEATS", 3)?.max(1) as usize,
             readings,
-            peer_window: Duration::from_secs(num("BENCH_PEER_WINDOW_SECS", 15)?),
+            peer_window: Duration::from_secs(num("BENCH_PEER_WINDOW_SECS", 12)?),
             bench_dir: std::env::var_os("BENCH_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".bench")),
@@ -223,8 +223,10 @@ async fn run(s: Settings) -> Result<()> {
             );
         }
         for p in &peers {
-            if p.available.is_ok() && s.wants(p.case) {
-                record(p.case, peer_run(&env, p, n, s.peer_window).await);
+            if p.available.is_ok() && s.wants(p.name) {
+                for (case, per_message) in p.cases.into_iter().zip([1, 10]) {
+                    record(case, peer_run(&env, p, n, per_message, s.peer_window).await);
+                }
             }
         }
         if let (Some(rate), true) = (sustained, s.wants("latency")) {
@@ -512,6 +514,26 @@ impl Simulator {
         self.child.id()
     }
 
+    /// Waits for its "publishing …" line: connected, inventory read, first message next. The
+    /// clock of every throughput starts here.
+    async fn started(&mut self) -> Result<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            if text.lines().any(|l| l.starts_with("publishing ")) {
+                return Ok(Instant::now());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the simulator exited ({status}) before publishing: {text}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the simulator did not start: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Waits for it to finish; the readings it says it published.
     async fn finish(mut self, timeout: Duration) -> Result<u64> {
         let deadline = Instant::now() + timeout;
@@ -521,7 +543,9 @@ impl Simulator {
                 ensure!(status.success(), "the simulator failed: {text}");
                 // "published N messages (M readings, …"
                 let readings = text
-                    .split_once('(')
+                    .lines()
+                    .find(|l| l.starts_with("published "))
+                    .and_then(|l| l.split_once('('))
                     .and_then(|(_, r)| r.split_whitespace().next())
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| anyhow!("no summary from the simulator: {text}"))?;
@@ -639,19 +663,16 @@ async fn broker_ceiling(env: &Env, n: u64, per_message: u64) -> Result<Sample> {
             lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
         }
     }
-    let sim = Simulator::start(env, n, per_message, None)?;
+    let mut sim = Simulator::start(env, n, per_message, None)?;
     let mut watch = Watch::start(env, &[("simulator", sim.pid()), ("subscriber", sub_pid)]);
+    let t0 = sim.started().await?;
+    watch.restart();
     let target = lines + messages;
-    let mut first: Option<(Instant, u64)> = None;
     let count = async {
         while lines < target {
             let k = out.read(&mut buf).await?;
             ensure!(k > 0, "mosquitto_sub exited");
             lines += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64;
-            if first.is_none() {
-                first = Some((Instant::now(), lines));
-                watch.restart();
-            }
         }
         Ok(())
     };
@@ -663,25 +684,12 @@ async fn broker_ceiling(env: &Env, n: u64, per_message: u64) -> Result<Sample> {
     let published = sim.finish(Duration::from_secs(30)).await?;
     ensure!(published == n, "the simulator published {published} of {n}");
     let _ = sub.kill().await;
-    let (t1, l1) = first.context("nothing received")?;
     Ok(Sample {
-        readings_per_s: rate(target - l1, per_message, end - t1, n),
+        readings_per_s: n as f64 / (end - t0).as_secs_f64(),
         cores,
         complete: true,
         ..Default::default()
     })
-}
-
-/// Readings/s from the first observed progress to the end (the start-up of the simulator and of
-/// the consumer is not the consumer's throughput). `units` are messages or readings after the
-/// first observation; a run too short to observe falls back to the whole count.
-fn rate(units: u64, per_unit: u64, elapsed: Duration, total: u64) -> f64 {
-    let secs = elapsed.as_secs_f64();
-    if units == 0 || secs <= 0.0 {
-        total as f64 / secs.max(1e-3)
-    } else {
-        (units * per_unit) as f64 / secs
-    }
 }
 
 static DAEMON_RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -831,20 +839,17 @@ async fn daemon_run(
 ) -> Result<(Sample, Option<Latency>)> {
     reset(env).await?;
     let daemon = Daemon::start(env).await?;
-    let sim = Simulator::start(env, n, per_message, pace)?;
+    let mut sim = Simulator::start(env, n, per_message, pace)?;
     // At a pace, the simulator rounds up to whole seconds.
     let n = sim.readings;
     let daemon_pid = daemon.child.id();
     let ticks0 = proc_ticks(daemon_pid);
     let mut watch = Watch::start(env, &[("simulator", sim.pid()), ("daemon", daemon_pid)]);
+    let t0 = sim.started().await?;
+    watch.restart();
     let deadline = Instant::now() + Duration::from_secs(180);
-    let mut first: Option<(Instant, u64)> = None;
     loop {
         let accepted = daemon.accepted().await?;
-        if accepted > 0 && first.is_none() {
-            first = Some((Instant::now(), accepted));
-            watch.restart();
-        }
         if accepted >= n {
             break;
         }
@@ -858,7 +863,6 @@ async fn daemon_run(
     let cores = watch.stop();
     let cpu = proc_ticks(daemon_pid).saturating_sub(ticks0) as f64 / clock_ticks();
     let rss = peak_rss_mib(daemon_pid);
-    let (t1, c1) = first.context("nothing committed")?;
     let metrics = daemon.metrics().await?;
     let published = sim.finish(Duration::from_secs(60)).await?;
     daemon.stop().await?;
@@ -880,7 +884,7 @@ async fn daemon_run(
     });
     Ok((
         Sample {
-            readings_per_s: rate(n - c1, 1, end - t1, n),
+            readings_per_s: n as f64 / (end - t0).as_secs_f64(),
             cpu_us_per_reading: Some(cpu * 1e6 / n as f64),
             peak_rss_mib: rss,
             cores,
@@ -896,7 +900,8 @@ async fn daemon_run(
 
 struct Peer {
     name: &'static str,
-    case: &'static str,
+    /// The case names for 1 and 10 readings per message.
+    cases: [&'static str; 2],
     program: PathBuf,
     args: Vec<String>,
     ready: &'static str,
@@ -904,10 +909,10 @@ struct Peer {
 }
 
 impl Peer {
+    /// The peers as `bench/peers/setup` installs them under `bench_dir`.
     fn all(bench_dir: &Path) -> Vec<Peer> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let python = bench_dir.join("venv/bin/python");
-        let node_red = bench_dir.join("node-red");
+        let py = bench_dir.join("python");
+        let nr = bench_dir.join("node-red");
         let check = |paths: &[&Path]| -> Result<()> {
             for p in paths {
                 ensure!(
@@ -918,21 +923,22 @@ impl Peer {
             }
             Ok(())
         };
-        let bridge = root.join("bench/peers/python/bridge.py");
-        let red_js = node_red.join("node_modules/node-red/red.js");
-        let settings = root.join("bench/peers/node-red/settings.js");
+        let python = py.join("venv/bin/python");
+        let bridge = py.join("bridge.py");
+        let red_js = nr.join("node_modules/node-red/red.js");
+        let settings = nr.join("settings.js");
         vec![
             Peer {
                 name: "python",
-                case: "python bridge",
+                cases: ["python bridge, 1/msg", "python bridge, 10/msg"],
                 available: check(&[&python, &bridge]),
                 program: python,
-                args: vec![bridge.display().to_string()],
+                args: vec!["-u".into(), bridge.display().to_string()],
                 ready: "ready",
             },
             Peer {
                 name: "node-red",
-                case: "node-red",
+                cases: ["node-red, 1/msg", "node-red, 10/msg"],
                 available: check(&[&red_js, &settings]),
                 program: PathBuf::from("node"),
                 args: vec![
@@ -946,7 +952,13 @@ impl Peer {
     }
 }
 
-async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sample> {
+async fn peer_run(
+    env: &Env,
+    peer: &Peer,
+    n: u64,
+    per_message: u64,
+    window: Duration,
+) -> Result<Sample> {
     reset(env).await?;
     let log = env
         .pg
@@ -963,7 +975,6 @@ async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sa
             format!("bench-{}-{}", peer.name, Uuid::new_v4().simple()),
         )
         .env("DATABASE_URL", &env.db_url)
-        .env("BENCH_DIR", env.pg.dir())
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
         .stderr(file)
@@ -973,7 +984,7 @@ async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sa
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.lines().any(|l| l.contains(peer.ready)) {
+            if text.lines().any(|l| l.trim() == peer.ready) {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -986,22 +997,17 @@ async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sa
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let sim = Simulator::start(env, n, 1, None)?;
+        let mut sim = Simulator::start(env, n, per_message, None)?;
         let pid = child.id();
         let ticks0 = tree_ticks(pid);
         let mut watch = Watch::start(env, &[("simulator", sim.pid()), (peer.name, pid)]);
-        let t0 = Instant::now();
-        // Peers have no metrics: count in the table, often until the first row, then once a
-        // second (cheap next to the load).
-        let mut first: Option<(Instant, u64)> = None;
+        let t0 = sim.started().await?;
+        watch.restart();
+        // Peers have no metrics: count in the table, a few times a second (a count of at most
+        // a few hundred thousand rows: cheap next to the load).
         let (count, end) = loop {
-            let pause = if first.is_some() { 1000 } else { 100 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let count = stored(env).await?.0 as u64;
-            if count > 0 && first.is_none() {
-                first = Some((Instant::now(), count));
-                watch.restart();
-            }
             if count >= n || t0.elapsed() >= window {
                 break (count, Instant::now());
             }
@@ -1009,10 +1015,7 @@ async fn peer_run(env: &Env, peer: &Peer, n: u64, window: Duration) -> Result<Sa
         let cores = watch.stop();
         let cpu = tree_ticks(pid).saturating_sub(ticks0) as f64 / clock_ticks();
         let rss = tree(pid).into_iter().filter_map(peak_rss_mib).sum::<f64>();
-        let readings_per_s = match first {
-            Some((t1, c1)) => rate(count - c1, 1, end - t1, count),
-            None => 0.0,
-        };
+        let readings_per_s = count as f64 / (end - t0).as_secs_f64();
         drop(sim);
         Ok(Sample {
             readings_per_s,
@@ -1134,8 +1137,10 @@ async fn report(
         "broker ceiling, 10/msg",
         "enalysis-ingest, 1/msg",
         "enalysis-ingest, 10/msg",
-        "python bridge",
-        "node-red",
+        "python bridge, 1/msg",
+        "python bridge, 10/msg",
+        "node-red, 1/msg",
+        "node-red, 10/msg",
     ];
     for case in order {
         let Some(samples) = results.get(case) else {
@@ -1202,16 +1207,18 @@ async fn report(
             p99.2
         );
     }
-    let peer_best = ["python bridge", "node-red"]
-        .iter()
-        .filter_map(|c| median(c).map(|m| (*c, m)))
-        .collect::<Vec<_>>();
-    if let Some(d) = median("enalysis-ingest, 1/msg") {
-        for (c, m) in peer_best {
-            println!(
-                "enalysis-ingest 1/msg is {:.1}× {c}",
-                d / m.max(f64::MIN_POSITIVE)
-            );
+    println!();
+    for per_message in ["1/msg", "10/msg"] {
+        let Some(d) = median(&format!("enalysis-ingest, {per_message}")) else {
+            continue;
+        };
+        for peer in ["python bridge", "node-red"] {
+            if let Some(m) = median(&format!("{peer}, {per_message}")) {
+                println!(
+                    "enalysis-ingest, {per_message}: {:.1}× {peer}",
+                    d / m.max(f64::MIN_POSITIVE)
+                );
+            }
         }
     }
 }

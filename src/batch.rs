@@ -194,7 +194,10 @@ pub async fn run(
         }
         metrics::counter!(names::MESSAGES_RECEIVED).increment(received);
         metrics::gauge!(names::BUFFERED_READINGS).set(batch.rows() as f64);
-        if batch.rows() >= limits.max_rows && !flush(&mut batch, &out).await {
+        // The age limit is checked here too: under a steady stream the queue is never empty,
+        // so the timer branch above would never win and batches would only close by size.
+        let aged = batch.started.is_some_and(|s| s.elapsed() >= limits.max_age);
+        if (batch.rows() >= limits.max_rows || aged) && !flush(&mut batch, &out).await {
             return;
         }
     }

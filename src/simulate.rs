@@ -149,8 +149,14 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         clients.push(client);
     }
 
-    let started = Instant::now();
     let total = args.rate * args.duration;
+    // On stdout, for whoever times the run (scripts/bench): connections made, inventory read.
+    println!(
+        "publishing {total} messages for {} devices over {} connection(s)",
+        devices.len(),
+        clients.len()
+    );
+    let started = Instant::now();
     let tick = Duration::from_millis(10);
     let mut interval = tokio::time::interval(tick);
     let mut sent: u64 = 0;
