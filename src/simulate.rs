@@ -243,9 +243,12 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 fn publisher_options(opts: &mut MqttOptions) {
-    // A publisher: no session to keep, and QoS 1 publishes in flight up to the broker's limit.
-    opts.set_clean_start(true);
-    opts.set_session_expiry_interval(None);
+    // A persistent session, as a gateway needs one: after a broker restart rumqttc re-sends the
+    // QoS 1 publishes the broker had not acknowledged only if the session survived (with a
+    // clean start it drops them, and those readings would be lost before the broker owned
+    // them). Up to 1000 publishes in flight.
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(600));
     opts.set_manual_acks(false);
     opts.set_outgoing_inflight_upper_limit(1000);
 }

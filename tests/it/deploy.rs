@@ -798,6 +798,40 @@ fn compose_environment(service: &str) -> Vec<(String, String)> {
     }
 }
 
+/// The image's builder stage copies only some paths of the repository: cargo must be able to
+/// resolve the build from those alone (the vendored patch of rumqttc, the declared bench).
+#[test]
+fn the_dockerfile_copies_everything_cargo_needs_to_resolve_the_build() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ctx = tempfile::tempdir().expect("tempdir");
+    for args in dockerfile_instructions("COPY") {
+        if args.starts_with("--from") {
+            continue;
+        }
+        let mut parts: Vec<&str> = args.split_whitespace().collect();
+        parts.pop(); // the destination
+        for src in parts {
+            let from = root.join(src);
+            let status = Command::new("cp")
+                .args(["-r", from.to_str().expect("utf-8 path")])
+                .arg(ctx.path())
+                .status()
+                .expect("cp");
+            assert!(status.success(), "COPY {src}: not in the repository");
+        }
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(ctx.path())
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo cannot resolve the build from the Dockerfile's COPY set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The arguments of every `INSTRUCTION ...` line of the Dockerfile (continuations joined).
 fn dockerfile_instructions(instruction: &str) -> Vec<String> {
     let text = read(DOCKERFILE).replace("\\\n", " ");

@@ -77,6 +77,19 @@ impl Broker {
         self.dir().join("mosquitto.log")
     }
 
+    /// The persistence file (`mosquitto.db`), written at a clean stop and at every autosave.
+    pub fn persistence_file(&self) -> PathBuf {
+        self.dir().join("mosquitto.db")
+    }
+
+    /// When the persistence file was last written, if it exists. mosquitto writes a new file
+    /// and renames it over the old one, so a later time means a complete, later snapshot.
+    pub fn saved_at(&self) -> Option<std::time::SystemTime> {
+        std::fs::metadata(self.persistence_file())
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// Last lines of the broker log (for assertion messages).
     pub fn log_tail(&self, lines: usize) -> String {
         process::log_tail(&self.log_path(), lines)

@@ -1,0 +1,206 @@
+//! Fuzz target: `validate::judge` (topic + payload bytes → outcome), the daemon's whole decode
+//! and validation path, against a small registry.
+//!
+//! Input: the topic up to the first `\n`, the payload after it (no `\n`: all topic, empty
+//! payload), so the seeds in `corpus/judge/` read like the messages they stand for. The topic is
+//! made text with `from_utf8_lossy`, exactly as `batch` does with what the broker delivers.
+//!
+//! Invariants checked for every input (those of tests/it/properties.rs, plus the accounting):
+//! - no panic (debug assertions and overflow checks are on in fuzz builds);
+//! - a message leaves a trace: something accepted or something rejected;
+//! - a whole-message rejection is exactly one rejection with `seq` 0 and nothing accepted;
+//!   otherwise every reading the decoder found gets exactly one outcome, and the rejected ones
+//!   carry distinct `seq` numbers below that count;
+//! - an accepted reading has a catalogue metric in its canonical unit, a finite value within the
+//!   metric's physical bounds, a `ts` inside the window, an entity of the registry of the kind
+//!   it claims, and obeys the meter-category rules;
+//! - a rejection has a non-empty detail without NUL, and a short printable metric if any;
+//! - judging is deterministic: the same bytes judged again give the same outcome.
+
+#![no_main]
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Duration, Utc};
+use enalysis_ingest::catalogue;
+use enalysis_ingest::decode::{self, Target};
+use enalysis_ingest::model::{Entity, EntityKind, MeterCategory, Outcome};
+use enalysis_ingest::registry::Registry;
+use enalysis_ingest::validate::{Context, Limits, judge};
+use libfuzzer_sys::fuzz_target;
+use uuid::Uuid;
+
+const PREFIX: &str = "enalysis/v1";
+
+/// libFuzzer's inputs are at most 4096 bytes (its default `-max_len`): a smaller limit lets
+/// the fuzzer reach `payload_too_large` too.
+const MAX_PAYLOAD: usize = 3 * 1024;
+
+struct World {
+    registry: Registry,
+    limits: Limits,
+    now: DateTime<Utc>,
+}
+
+/// The registry of validate.rs's unit tests: one meter per category that matters, an asset, a
+/// battery and a PV energy source. Keys as in `corpus/judge/` and `judge.dict`.
+static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let e = |kind, id: u128, ext: &str, category, is_battery| Entity {
+        kind,
+        id: Uuid::from_u128(id),
+        external_id: Some(ext.to_owned()),
+        category,
+        is_battery,
+    };
+    use EntityKind::*;
+    use MeterCategory::*;
+    World {
+        registry: Registry::new([
+            e(Meter, 1, "EAN-CONS", Cons, false),
+            e(Meter, 2, "EAN-STOR", Stor, false),
+            e(Meter, 3, "EAN-PROD", Prod, false),
+            e(Asset, 4, "pump-1", Cons, false),
+            e(EnergySource, 5, "battery-1", Cons, true),
+            e(EnergySource, 6, "pv-1", Prod, false),
+        ]),
+        limits: Limits {
+            max_payload_bytes: MAX_PAYLOAD,
+            max_clock_skew: Duration::minutes(5),
+            max_age: Duration::days(400),
+        },
+        now: DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
+            .expect("fixed instant")
+            .with_timezone(&Utc),
+    }
+});
+
+fuzz_target!(|data: &[u8]| {
+    let (topic, payload) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let topic = String::from_utf8_lossy(topic);
+    let w = &*WORLD;
+    let ctx = Context {
+        prefix: PREFIX,
+        registry: &w.registry,
+        limits: &w.limits,
+        now: w.now,
+    };
+    let out = judge(&topic, payload, &ctx);
+    check(&topic, payload, &out, w);
+    assert_eq!(
+        out,
+        judge(&topic, payload, &ctx),
+        "judging is not deterministic"
+    );
+});
+
+fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
+    assert!(
+        !out.accepted.is_empty() || !out.rejected.is_empty(),
+        "a message must leave a trace"
+    );
+
+    // Accounting: how many readings the message stands for, when it is judged reading by
+    // reading at all.
+    let per_reading = payload.len() <= MAX_PAYLOAD
+        && match decode::parse_topic(PREFIX, topic) {
+            None => false,
+            Some(Target::Gateway { .. }) => true,
+            Some(Target::Entity { kind, key }) => w.registry.resolve(kind, key).is_some(),
+        };
+    let readings = if per_reading {
+        decode::decode(payload)
+            .ok()
+            .map(|elements| elements.iter().map(|e| e.readings()).sum::<usize>())
+    } else {
+        None
+    };
+    match readings {
+        None => {
+            assert!(
+                out.accepted.is_empty(),
+                "accepted from a rejected message: {out:?}"
+            );
+            assert_eq!(
+                out.rejected.len(),
+                1,
+                "one whole-message rejection: {out:?}"
+            );
+            assert_eq!(out.rejected[0].seq, 0, "{out:?}");
+        }
+        Some(n) => {
+            assert_eq!(
+                out.accepted.len() + out.rejected.len(),
+                n,
+                "every reading exactly one outcome: {out:?}"
+            );
+            let mut seqs: Vec<u32> = out.rejected.iter().map(|r| r.seq).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            assert_eq!(seqs.len(), out.rejected.len(), "duplicate seq: {out:?}");
+            assert!(
+                seqs.iter().all(|&s| (s as usize) < n),
+                "seq beyond the readings: {out:?}"
+            );
+            // Independently of the decoder: a JSON array of k elements is at least k readings.
+            if let Ok(serde_json::Value::Array(items)) =
+                serde_json::from_slice::<serde_json::Value>(payload)
+            {
+                assert!(
+                    n >= items.len(),
+                    "{n} readings for {} elements",
+                    items.len()
+                );
+            }
+        }
+    }
+
+    let latest = w.now + w.limits.max_clock_skew;
+    let earliest = w.now - w.limits.max_age;
+    for r in &out.accepted {
+        let m = catalogue::lookup(r.metric).expect("accepted metrics are in the catalogue");
+        assert_eq!(r.metric, m.name, "{r:?}");
+        assert_eq!(r.unit, m.unit, "canonical unit: {r:?}");
+        assert!(r.value.is_finite(), "{r:?}");
+        assert!(
+            r.value >= m.min && r.value <= m.max,
+            "outside bounds: {r:?}"
+        );
+        assert!(
+            r.ts <= latest && r.ts >= earliest,
+            "ts outside the window: {r:?}"
+        );
+        let entity = w
+            .registry
+            .get(r.entity_type, r.entity_id)
+            .expect("accepted readings belong to a registered entity");
+        assert_eq!(entity.kind, r.entity_type, "{r:?}");
+        if m.directional && r.value < 0.0 {
+            assert_eq!(entity.category, MeterCategory::Stor, "negative flow: {r:?}");
+        }
+        if m.storage_only {
+            assert!(
+                entity.category == MeterCategory::Stor || entity.is_battery,
+                "storage-only metric: {r:?}"
+            );
+        }
+    }
+    for j in &out.rejected {
+        assert!(!j.detail.is_empty(), "{j:?}");
+        assert!(!j.detail.contains('\0'), "NUL in detail: {j:?}");
+        if let Some(metric) = &j.metric {
+            assert!(
+                metric.chars().count() <= 100 && !metric.chars().any(char::is_control),
+                "metric echoed unclean: {j:?}"
+            );
+        }
+        if let (Some(kind), Some(id)) = (j.entity_type, j.entity_id) {
+            assert!(
+                w.registry.get(kind, id).is_some(),
+                "unknown entity id: {j:?}"
+            );
+        }
+    }
+}
