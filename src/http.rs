@@ -19,8 +19,11 @@ use crate::telemetry::names;
 
 /// Installs the process-wide Prometheus recorder, with histogram buckets chosen for each range.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    // Finer between 0.1 and 0.5 s: a batch waits up to `ingest.batch_max_age_ms` (100 ms by
+    // default) before its commit, so that is where the receipt→commit latencies fall.
     let seconds = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0,
+        2.5, 5.0, 10.0, 30.0,
     ];
     let rows = [
         1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
