@@ -467,13 +467,13 @@ impl Simulator {
     /// fast as the broker takes them).
     fn start(env: &Env, readings: u64, per_message: u64, rate: Option<f64>) -> Result<Simulator> {
         let messages = readings / per_message;
-        // Flat out: everything is due after one second, then the publisher runs as fast as the
-        // broker acknowledges.
-        let (msg_rate, duration) = match rate {
-            None => (messages, 1),
+        // Flat out: a rate far above what the broker takes, so every message is due at once
+        // and the publisher runs as fast as the broker acknowledges. At a pace: that rate.
+        let (msg_rate, count) = match rate {
+            None => (100_000_000, messages),
             Some(r) => {
                 let msg_rate = ((r / per_message as f64) as u64).max(1);
-                (msg_rate, messages.div_ceil(msg_rate))
+                (msg_rate, messages.div_ceil(msg_rate) * msg_rate)
             }
         };
         let out = env
@@ -493,8 +493,8 @@ impl Simulator {
             &per_message.to_string(),
             "--rate",
             &msg_rate.to_string(),
-            "--duration",
-            &duration.to_string(),
+            "--count",
+            &count.to_string(),
         ])
         .env("DATABASE_URL", &env.db_url)
         .env("MQTT_URL", env.broker.url())
@@ -506,7 +506,7 @@ impl Simulator {
         Ok(Simulator {
             child,
             out,
-            readings: msg_rate * duration * per_message,
+            readings: count * per_message,
         })
     }
 

@@ -25,6 +25,10 @@ pub struct SimulateArgs {
     /// How long to publish, in seconds.
     #[arg(long, default_value_t = 60)]
     pub duration: u64,
+    /// Publish exactly this many messages instead of rate × duration (with a very high --rate:
+    /// as fast as the broker takes them).
+    #[arg(long)]
+    pub count: Option<u64>,
     /// MQTT connections to publish over.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
@@ -91,10 +95,13 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     // Simulated time runs at real time, or faster when a device gets more than one message per
     // millisecond; then it starts far enough back that the last reading is still in the past
     // (future readings would be rejected).
-    let per_device_rate = args.rate as f64 * f64::from(args.per_message) / rows.len() as f64;
+    let total = args.count.unwrap_or(args.rate * args.duration);
+    let per_message = f64::from(args.per_message);
+    let per_device_rate = args.rate as f64 * per_message / rows.len() as f64;
     let step_ms = (1000.0 / per_device_rate).clamp(1.0, 60_000.0) as i64;
-    let span_ms = (per_device_rate * args.duration as f64) as i64 * step_ms;
-    let ahead_ms = (span_ms - args.duration as i64 * 1000).max(0);
+    let per_device_readings = (total as f64 * per_message / rows.len() as f64).ceil() as i64;
+    let span_ms = per_device_readings * step_ms;
+    let ahead_ms = (span_ms - (total as f64 / args.rate as f64 * 1000.0) as i64).max(0);
     let start = Utc::now() - chrono::Duration::milliseconds(ahead_ms + 1000);
     let mut devices: Vec<Device> = rows
         .iter()
@@ -149,7 +156,6 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         clients.push(client);
     }
 
-    let total = args.rate * args.duration;
     // On stdout, for whoever times the run (scripts/bench): connections made, inventory read.
     println!(
         "publishing {total} messages for {} devices over {} connection(s)",
