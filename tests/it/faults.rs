@@ -508,15 +508,11 @@ async fn stream_through_a_faulty_link(
     broker: &common::Broker,
     proxy: &Proxy,
     topic: &str,
-    extra_env: &[(&str, &str)],
     rounds: i64,
     fault: impl Fn(&Proxy),
 ) -> (Daemon, i64) {
     let mut env = daemon_env(db, &proxy.url());
     set(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
-    for (k, v) in extra_env {
-        set(&mut env, k, v);
-    }
     let daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&broker.url()).await;
     let per_round: i64 = 500;
@@ -558,8 +554,9 @@ async fn wait_until_the_fault_hit_pending_acks(daemon: &Daemon) {
     .await;
 }
 
-#[tokio::test]
-async fn the_connection_to_the_broker_reset_while_acks_are_pending_loses_nothing() {
+/// Streams through a proxy that suffers `fault` `rounds` times while acks are pending, then
+/// checks exactly-once, that the fault really hit pending acks, and that ingest goes on.
+async fn through_a_faulty_link_nothing_is_lost(rounds: i64, fault: fn(&Proxy)) {
     let db = support::migrated_db().await;
     let client = support::connect(&db).await;
     let ids = support::insert_hierarchy(&client).await;
@@ -567,29 +564,24 @@ async fn the_connection_to_the_broker_reset_while_acks_are_pending_loses_nothing
     let proxy = Proxy::start(broker.port()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
     let (daemon, total) =
-        stream_through_a_faulty_link(&db, &broker, &proxy, &topic, &[], 3, Proxy::cut).await;
+        stream_through_a_faulty_link(&db, &broker, &proxy, &topic, rounds, fault).await;
     assert_exactly_once(&client, total).await;
     wait_until_the_fault_hit_pending_acks(&daemon).await;
     assert_ingesting_again(None, &broker.url(), &topic, &client, total).await;
 }
 
 #[tokio::test]
+async fn the_connection_to_the_broker_reset_while_acks_are_pending_loses_nothing() {
+    through_a_faulty_link_nothing_is_lost(3, Proxy::cut).await;
+}
+
+/// Nothing is reset: the daemon notices only when its keep-alive ping goes unanswered (within
+/// two keep-alive intervals: 5 to 10 s with the tests' 5 s, the smallest allowed), the broker
+/// when the daemon has been silent for 1.5 intervals. Whichever comes first, the new connection
+/// takes the session over.
+#[tokio::test]
 async fn a_connection_to_the_broker_gone_silent_is_replaced_and_loses_nothing() {
-    let db = support::migrated_db().await;
-    let client = support::connect(&db).await;
-    let ids = support::insert_hierarchy(&client).await;
-    let broker = common::Broker::start();
-    let proxy = Proxy::start(broker.port()).await;
-    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
-    // Nothing is reset: the daemon notices only when its keep-alive ping goes unanswered
-    // (within two keep-alive intervals: 5 to 10 s with the tests' 5 s, the smallest allowed),
-    // the broker when the daemon has been silent for 1.5 intervals. Whichever comes first, the
-    // new connection takes the session over.
-    let (daemon, total) =
-        stream_through_a_faulty_link(&db, &broker, &proxy, &topic, &[], 1, Proxy::freeze).await;
-    assert_exactly_once(&client, total).await;
-    wait_until_the_fault_hit_pending_acks(&daemon).await;
-    assert_ingesting_again(None, &broker.url(), &topic, &client, total).await;
+    through_a_faulty_link_nothing_is_lost(1, Proxy::freeze).await;
 }
 
 /// Two daemons share a group (`$share/ingest/...`), and one is SIGKILLed mid-stream.
