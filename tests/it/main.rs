@@ -6,6 +6,7 @@ mod common;
 mod deploy;
 mod faults;
 mod harness;
+mod hostile;
 mod ingest;
 mod properties;
 mod provision;
