@@ -113,7 +113,7 @@ fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
     let readings = if per_reading {
         decode::decode(payload)
             .ok()
-            .map(|elements| elements.iter().map(|e| e.readings()).sum::<usize>())
+            .map(|decoded| decoded.elements.iter().map(|e| e.readings()).sum::<usize>())
     } else {
         None
     };
@@ -128,18 +128,34 @@ fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
                 1,
                 "one whole-message rejection: {out:?}"
             );
-            assert_eq!(out.rejected[0].seq, 0, "{out:?}");
+            assert_eq!(
+                (out.rejected[0].seq, out.rejected[0].count),
+                (0, 1),
+                "{out:?}"
+            );
         }
         Some(n) => {
             assert_eq!(
-                out.accepted.len() + out.rejected.len(),
+                out.accepted.len() + out.rejected_readings(),
                 n,
                 "every reading exactly one outcome: {out:?}"
             );
-            let mut seqs: Vec<u32> = out.rejected.iter().map(|r| r.seq).collect();
+            // A run stands for `count` readings, seq after seq.
+            let mut seqs: Vec<u32> = out
+                .rejected
+                .iter()
+                .flat_map(|r| {
+                    assert!(r.count >= 1, "empty run: {out:?}");
+                    r.seq..r.seq + r.count
+                })
+                .collect();
             seqs.sort_unstable();
             seqs.dedup();
-            assert_eq!(seqs.len(), out.rejected.len(), "duplicate seq: {out:?}");
+            assert_eq!(
+                seqs.len(),
+                out.rejected_readings(),
+                "duplicate seq: {out:?}"
+            );
             assert!(
                 seqs.iter().all(|&s| (s as usize) < n),
                 "seq beyond the readings: {out:?}"
