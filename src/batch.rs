@@ -117,57 +117,94 @@ impl Batch {
             mut charge,
         } = inbound;
         let size = payload.len();
-        // Only messages with rejections need the digest; an accepted-only message costs none.
-        let digest = if judged.rejected.is_empty() {
-            [0; 32]
-        } else {
-            digest(&raw_topic, &payload)
-        };
-        let payload = if size > keep {
-            charge.reduce_to(charge.bytes().saturating_sub(size - keep));
-            Bytes::copy_from_slice(&payload[..keep])
-        } else {
-            payload
-        };
-        charge.add(
-            judged.accepted.len() * std::mem::size_of::<Accepted>()
-                + judged
-                    .rejected
-                    .iter()
-                    .map(|r| {
-                        std::mem::size_of::<Rejected>()
-                            + r.detail.len()
-                            + r.metric.as_ref().map_or(0, String::len)
-                    })
-                    .sum::<usize>(),
+        let message = Message::new(
+            topic,
+            &raw_topic,
+            payload,
+            received_at,
+            keep,
+            !judged.rejected.is_empty(),
         );
+        charge.reduce_to(charge.bytes().saturating_sub(size - message.payload.len()));
+        charge.add(judged_bytes(&judged));
         match &mut self.charge {
             Some(total) => total.absorb(charge),
             None => self.charge = Some(charge),
         }
-        let message = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
-        for (index, reading) in judged.accepted.into_iter().enumerate() {
+        for rejection in &judged.rejected {
+            metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
+                .increment(u64::from(rejection.count));
+            summary.record(&message.topic, rejection);
+        }
+        self.acks.push(ack);
+        self.push(message, judged);
+    }
+
+    /// Adds a message and what it was judged to be (the pure part of [`Batch::add`]).
+    pub fn push(&mut self, message: Message, judged: crate::model::Outcome) {
+        let index = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
+        for (i, reading) in judged.accepted.into_iter().enumerate() {
             self.accepted.push(Accepted {
                 reading,
-                received_at,
-                message,
-                index: u32::try_from(index).unwrap_or(u32::MAX),
+                received_at: message.received_at,
+                message: index,
+                index: u32::try_from(i).unwrap_or(u32::MAX),
             });
         }
         for rejection in judged.rejected {
-            metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
-                .increment(u64::from(rejection.count));
-            summary.record(&topic, &rejection);
-            self.rejected.push(Rejected { rejection, message });
+            self.rejected.push(Rejected {
+                rejection,
+                message: index,
+            });
         }
-        self.acks.push(ack);
-        self.messages.push(Message {
+        self.messages.push(message);
+    }
+}
+
+/// What a judged message holds in memory besides its payload, for the byte budget.
+fn judged_bytes(judged: &crate::model::Outcome) -> usize {
+    judged.accepted.len() * std::mem::size_of::<Accepted>()
+        + judged
+            .rejected
+            .iter()
+            .map(|r| {
+                std::mem::size_of::<Rejected>()
+                    + r.detail.len()
+                    + r.metric.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
+}
+
+impl Message {
+    /// The message as the writer keeps it: the payload cut at `keep` bytes, and the digest of
+    /// the whole of it when it has rejections to store (an accepted-only message needs none).
+    pub fn new(
+        topic: String,
+        raw_topic: &[u8],
+        payload: Bytes,
+        received_at: DateTime<Utc>,
+        keep: usize,
+        with_digest: bool,
+    ) -> Self {
+        let size = payload.len();
+        let digest = if with_digest {
+            digest(raw_topic, &payload)
+        } else {
+            [0; 32]
+        };
+        // A copy, so the memory of the rest is freed now (a slice would keep all of it).
+        let payload = if size > keep {
+            Bytes::copy_from_slice(&payload[..keep])
+        } else {
+            payload
+        };
+        Self {
             topic,
             payload,
             size,
             received_at,
             digest,
-        });
+        }
     }
 }
 
