@@ -823,7 +823,10 @@ fn the_dockerfile_copies_everything_cargo_needs_to_resolve_the_build() {
     // Resolved for this machine's platform only: the other platforms' crates (android, windows)
     // are never downloaded by a build here, and `--offline` must not depend on whether something
     // else (cargo-deny) happened to fetch them first.
-    let rustc = Command::new("rustc").arg("-vV").output().expect("rustc -vV");
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
     let host = String::from_utf8_lossy(&rustc.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
