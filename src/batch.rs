@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::ack::AckToken;
+use crate::budget::Charge;
 use crate::model::{Reading, Rejection};
 use crate::mqtt::Inbound;
 use crate::registry::Registry;
@@ -21,20 +22,25 @@ use crate::validate::{self, Limits};
 #[derive(Debug)]
 pub struct Message {
     pub topic: String,
+    /// The payload as received, or its first `ingest.max_payload_bytes` when it was larger.
     pub payload: Bytes,
+    /// The size of the payload as received.
+    pub size: usize,
     pub received_at: DateTime<Utc>,
+    /// See [`digest`]; computed once, from the whole payload.
+    pub digest: Digest32,
 }
 
-impl Message {
-    /// sha256 of topic, a NUL, and the payload: the same message redelivered has the same
-    /// digest, so its rejections map onto the rows already stored.
-    pub fn digest(&self) -> Vec<u8> {
-        let mut h = Sha256::new();
-        h.update(self.topic.as_bytes());
-        h.update([0u8]);
-        h.update(&self.payload);
-        h.finalize().to_vec()
-    }
+pub type Digest32 = [u8; 32];
+
+/// sha256 of topic, a NUL, and the payload: the same message redelivered has the same digest,
+/// so its rejections map onto the rows already stored.
+pub fn digest(topic: &[u8], payload: &[u8]) -> Digest32 {
+    let mut h = Sha256::new();
+    h.update(topic);
+    h.update([0u8]);
+    h.update(payload);
+    h.finalize().into()
 }
 
 /// An accepted reading, with the message it came in.
@@ -66,6 +72,9 @@ pub struct Batch {
     pub acks: Vec<AckToken>,
     /// When the oldest message of the batch arrived (for the age limit and latency).
     pub started: Option<Instant>,
+    /// The bytes of everything above against the budget, released when the batch is dropped
+    /// (after its acks are handed to the MQTT client).
+    pub charge: Option<Charge>,
 }
 
 impl Batch {
@@ -73,42 +82,183 @@ impl Batch {
         self.accepted.len() + self.rejected.len()
     }
 
+    /// The whole batch as a [`Part`].
+    pub fn whole(&self) -> Part<'_> {
+        Part {
+            messages: &self.messages,
+            first: 0,
+            accepted: &self.accepted,
+            rejected: &self.rejected,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
     }
 
-    /// Adds what one message was judged to be; `topic` is its topic as text.
+    /// Adds what one message was judged to be; `topic` is its topic as text. A payload over
+    /// `keep` bytes is cut to them (the rest is never stored) and its memory given back.
     pub fn add(
         &mut self,
         inbound: Inbound,
         topic: String,
         judged: crate::model::Outcome,
+        keep: usize,
         summary: &mut RejectionSummary,
     ) {
         if self.started.is_none() {
             self.started = Some(Instant::now());
         }
-        let message = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
-        for (index, reading) in judged.accepted.into_iter().enumerate() {
+        let Inbound {
+            topic: raw_topic,
+            payload,
+            received_at,
+            ack,
+            mut charge,
+        } = inbound;
+        let size = payload.len();
+        let message = Message::new(
+            topic,
+            &raw_topic,
+            payload,
+            received_at,
+            keep,
+            !judged.rejected.is_empty(),
+        );
+        charge.reduce_to(charge.bytes().saturating_sub(size - message.payload.len()));
+        charge.add(judged_bytes(&judged));
+        match &mut self.charge {
+            Some(total) => total.absorb(charge),
+            None => self.charge = Some(charge),
+        }
+        for rejection in &judged.rejected {
+            metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
+                .increment(u64::from(rejection.count));
+            summary.record(&message.topic, rejection);
+        }
+        self.acks.push(ack);
+        self.push(message, judged);
+    }
+
+    /// Adds a message and what it was judged to be (the pure part of [`Batch::add`]).
+    pub fn push(&mut self, message: Message, judged: crate::model::Outcome) {
+        let index = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
+        for (i, reading) in judged.accepted.into_iter().enumerate() {
             self.accepted.push(Accepted {
                 reading,
-                received_at: inbound.received_at,
-                message,
-                index: u32::try_from(index).unwrap_or(u32::MAX),
+                received_at: message.received_at,
+                message: index,
+                index: u32::try_from(i).unwrap_or(u32::MAX),
             });
         }
         for rejection in judged.rejected {
-            metrics::counter!(names::READINGS_REJECTED, "reason" => rejection.reason.as_str())
-                .increment(1);
-            summary.record(rejection.reason, &topic, &rejection.detail);
-            self.rejected.push(Rejected { rejection, message });
+            self.rejected.push(Rejected {
+                rejection,
+                message: index,
+            });
         }
-        self.acks.push(inbound.ack);
-        self.messages.push(Message {
+        self.messages.push(message);
+    }
+}
+
+/// What a judged message holds in memory besides its payload, for the byte budget.
+fn judged_bytes(judged: &crate::model::Outcome) -> usize {
+    judged.accepted.len() * std::mem::size_of::<Accepted>()
+        + judged
+            .rejected
+            .iter()
+            .map(|r| {
+                std::mem::size_of::<Rejected>()
+                    + r.detail.len()
+                    + r.metric.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
+}
+
+impl Message {
+    /// The message as the writer keeps it: the payload cut at `keep` bytes, and the digest of
+    /// the whole of it when it has rejections to store (an accepted-only message needs none).
+    pub fn new(
+        topic: String,
+        raw_topic: &[u8],
+        payload: Bytes,
+        received_at: DateTime<Utc>,
+        keep: usize,
+        with_digest: bool,
+    ) -> Self {
+        let size = payload.len();
+        let digest = if with_digest {
+            digest(raw_topic, &payload)
+        } else {
+            [0; 32]
+        };
+        // A copy, so the memory of the rest is freed now (a slice would keep all of it).
+        let payload = if size > keep {
+            Bytes::copy_from_slice(&payload[..keep])
+        } else {
+            payload
+        };
+        Self {
             topic,
-            payload: inbound.payload,
-            received_at: inbound.received_at,
-        });
+            payload,
+            size,
+            received_at,
+            digest,
+        }
+    }
+}
+
+/// Some consecutive messages of a batch with their readings and rejections: what the writer
+/// commits in one transaction. Normally the whole batch; a batch the database keeps refusing is
+/// split into parts until the message that causes it stands alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    pub messages: &'a [Message],
+    /// Index in the batch of `messages[0]` (what [`Accepted::message`] counts from).
+    pub first: u32,
+    /// Of these messages only (the batch keeps both lists in message order).
+    pub accepted: &'a [Accepted],
+    pub rejected: &'a [Rejected],
+}
+
+impl<'a> Part<'a> {
+    /// The message with batch index `i`, if it is in this part.
+    pub fn message(&self, i: u32) -> Option<&'a Message> {
+        self.messages.get(i.checked_sub(self.first)? as usize)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    /// The two halves, by message; `None` for a single message.
+    pub fn split(&self) -> Option<(Part<'a>, Part<'a>)> {
+        if self.messages.len() < 2 {
+            return None;
+        }
+        let mid = self.messages.len() / 2;
+        let boundary = self.first + u32::try_from(mid).unwrap_or(u32::MAX);
+        let (ma, mb) = self.messages.split_at(mid);
+        let (aa, ab) = self
+            .accepted
+            .split_at(self.accepted.partition_point(|a| a.message < boundary));
+        let (ra, rb) = self
+            .rejected
+            .split_at(self.rejected.partition_point(|r| r.message < boundary));
+        Some((
+            Part {
+                messages: ma,
+                first: self.first,
+                accepted: aa,
+                rejected: ra,
+            },
+            Part {
+                messages: mb,
+                first: boundary,
+                accepted: ab,
+                rejected: rb,
+            },
+        ))
     }
 }
 
@@ -186,7 +336,13 @@ pub async fn run(
             // Topics are UTF-8 by the MQTT spec; anything else is judged (and stored) lossily.
             let topic = String::from_utf8_lossy(&m.topic).into_owned();
             let outcome = judge.judge(&registry, &topic, &m);
-            batch.add(m, topic, outcome, &mut summary);
+            batch.add(
+                m,
+                topic,
+                outcome,
+                judge.limits.max_payload_bytes,
+                &mut summary,
+            );
             if batch.rows() >= limits.max_rows {
                 break;
             }

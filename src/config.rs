@@ -77,10 +77,16 @@ pub struct MqttConfig {
     pub max_packet_bytes: u32,
 }
 
+/// Largest `ingest.max_payload_bytes`: see `Config::validate`.
+const MAX_STATEMENT_PAYLOAD: usize = 64 << 20;
+/// Smallest `ingest.max_buffered_bytes` that still lets a batch form.
+const MIN_BUFFERED_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     pub max_payload_bytes: usize,
+    pub max_buffered_bytes: usize,
     pub queue_messages: usize,
     pub batch_max_rows: usize,
     pub batch_max_age_ms: u64,
@@ -235,6 +241,20 @@ impl Config {
             return invalid(
                 "ingest.max_payload_bytes",
                 "must be above 0 and not above mqtt.max_packet_bytes".into(),
+            );
+        }
+        // A kept payload (and its text copy) goes to PostgreSQL in one statement, whose
+        // protocol messages stop at 1 GB; 64 MiB leaves a wide margin.
+        if i.max_payload_bytes > MAX_STATEMENT_PAYLOAD {
+            return invalid(
+                "ingest.max_payload_bytes",
+                format!("must not be above {MAX_STATEMENT_PAYLOAD} (64 MiB)"),
+            );
+        }
+        if i.max_buffered_bytes < MIN_BUFFERED_BYTES {
+            return invalid(
+                "ingest.max_buffered_bytes",
+                format!("must be at least {MIN_BUFFERED_BYTES} (1 MiB)"),
             );
         }
         if i.queue_messages == 0 || i.batch_max_rows == 0 || i.batch_max_age_ms == 0 {

@@ -94,7 +94,10 @@ pub async fn run(
     let (intake, mqtt_task) = mqtt::start(
         &config.mqtt,
         &config.ingest,
-        queue_tx,
+        mqtt::Outlet {
+            tx: queue_tx,
+            budget: crate::budget::Budget::new(config.ingest.max_buffered_bytes),
+        },
         link,
         IntakeControl {
             stop_intake: shutdown.clone(),

@@ -192,12 +192,24 @@ pub enum Metrics<'a> {
 }
 
 /// One element of a message: a reading object, or something that is not one.
+///
+/// Small on purpose: a 256 KiB array holds up to ~130,000 elements, and all of them are in
+/// memory at once; a boxed object keeps `[1,1,…]` at 32 bytes an element instead of ~200.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Element<'a> {
-    Reading(Object<'a>),
+    Reading(Box<Object<'a>>),
     /// Not a reading object of an accepted shape: one `malformed_payload` rejection. The detail
-    /// names the element's index.
-    Malformed(String),
+    /// does not name the element's index (the rejection carries it), so that identical elements
+    /// have identical details and a run of them is stored as one row.
+    Malformed(Cow<'static, str>),
+}
+
+/// The elements of a payload, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<'a> {
+    pub elements: Vec<Element<'a>>,
+    /// The payload was an array (so each element has an index worth naming).
+    pub array: bool,
 }
 
 impl Element<'_> {
@@ -205,11 +217,11 @@ impl Element<'_> {
     /// `values` map, else one.
     pub fn readings(&self) -> usize {
         match self {
-            Self::Reading(Object {
-                metrics: Metrics::Map(values),
-                ..
-            }) => values.len(),
-            _ => 1,
+            Self::Reading(object) => match &object.metrics {
+                Metrics::Map(values) => values.len(),
+                Metrics::Single { .. } => 1,
+            },
+            Self::Malformed(_) => 1,
         }
     }
 }
@@ -223,7 +235,7 @@ pub fn oversize(len: usize, max_bytes: usize) -> Option<String> {
 /// Decodes a payload into its elements, in array order (a single object is one element).
 /// `Err` is the `malformed_payload` detail for the message as a whole: not UTF-8, not JSON,
 /// nested too deep, neither an object nor an array, or an empty array.
-pub fn decode(payload: &[u8]) -> Result<Vec<Element<'_>>, String> {
+pub fn decode(payload: &[u8]) -> Result<Decoded<'_>, String> {
     let text = std::str::from_utf8(payload).map_err(|e| {
         format!(
             "payload is not UTF-8 (invalid byte at offset {})",
@@ -233,32 +245,46 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Element<'_>>, String> {
     let top: Top<'_> =
         serde_json::from_str(text).map_err(|e| format!("payload is not valid JSON: {e}"))?;
     match top {
-        Top::One(raw) => Ok(vec![element(raw, None)]),
-        Top::Many(raws) if raws.is_empty() => Err("payload is an empty array".to_owned()),
-        Top::Many(raws) => Ok(raws
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| match raw {
-                RawElement::Object(raw) => element(raw, Some(i)),
-                RawElement::Other(kind) => {
-                    Element::Malformed(format!("element {i} is {kind}, not a reading object"))
+        Top::One(raw) => Ok(Decoded {
+            elements: vec![match element(raw) {
+                Element::Malformed(why) => {
+                    Element::Malformed(format!("reading object: {why}").into())
                 }
-            })
-            .collect()),
+                reading => reading,
+            }],
+            array: false,
+        }),
+        Top::Many(elements) if elements.is_empty() => Err("payload is an empty array".to_owned()),
+        Top::Many(elements) => Ok(Decoded {
+            elements,
+            array: true,
+        }),
         Top::Other(kind) => Err(format!(
             "payload is {kind}, not a reading object or an array of them"
         )),
     }
 }
 
-/// Checks the shape of one reading object; `index` is its array index, if in an array.
-fn element(raw: RawObject<'_>, index: Option<usize>) -> Element<'_> {
+/// Checks the shape of one reading object.
+fn element(raw: RawObject<'_>) -> Element<'_> {
     match shape(raw) {
-        Ok(object) => Element::Reading(object),
-        Err(why) => Element::Malformed(match index {
-            Some(i) => format!("element {i}: {why}"),
-            None => format!("reading object: {why}"),
-        }),
+        Ok(object) => Element::Reading(Box::new(object)),
+        Err(why) => Element::Malformed(Cow::Owned(why)),
+    }
+}
+
+/// An array element: a reading object, or the detail of what it is instead.
+fn array_element(raw: RawElement<'_>) -> Element<'_> {
+    match raw {
+        RawElement::Object(raw) => element(raw),
+        RawElement::Other(kind) => Element::Malformed(Cow::Borrowed(match kind {
+            NUMBER => "a number, not a reading object",
+            STRING => "a string, not a reading object",
+            NULL => "null, not a reading object",
+            BOOLEAN => "a boolean, not a reading object",
+            ARRAY => "an array, not a reading object",
+            _ => "not a reading object",
+        })),
     }
 }
 
@@ -329,7 +355,8 @@ fn shape(raw: RawObject<'_>) -> Result<Object<'_>, String> {
 #[allow(clippy::large_enum_variant)]
 enum Top<'a> {
     One(RawObject<'a>),
-    Many(Vec<RawElement<'a>>),
+    /// Converted as they are read, so only the small [`Element`]s are ever held together.
+    Many(Vec<Element<'a>>),
     /// A scalar: what it is, for the detail.
     Other(&'static str),
 }
@@ -600,7 +627,7 @@ impl<'de> Deserialize<'de> for Top<'de> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top<'de>, A::Error> {
                 let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(64));
                 while let Some(e) = seq.next_element::<RawElement<'de>>()? {
-                    elements.push(e);
+                    elements.push(array_element(e));
                 }
                 Ok(Top::Many(elements))
             }
@@ -684,9 +711,14 @@ mod tests {
     fn check(payload: &[u8]) -> Vec<String> {
         match decode(payload) {
             Err(detail) => vec![format!("message: {detail}")],
-            Ok(elements) => elements
+            Ok(decoded) => decoded
+                .elements
                 .iter()
-                .map(|e| match e {
+                .enumerate()
+                .map(|(i, e)| match e {
+                    Element::Malformed(detail) if decoded.array => {
+                        format!("malformed: element {i}: {detail}")
+                    }
                     Element::Malformed(detail) => format!("malformed: {detail}"),
                     Element::Reading(o) => match &o.metrics {
                         Metrics::Single { metric, .. } => match metric {
@@ -727,11 +759,11 @@ mod tests {
             (
                 r#"[1,"x",null,true,[],{"metric":"p","value":1}]"#,
                 &[
-                    "malformed: element 0 is a number, not a reading object",
-                    "malformed: element 1 is a string, not a reading object",
-                    "malformed: element 2 is null, not a reading object",
-                    "malformed: element 3 is a boolean, not a reading object",
-                    "malformed: element 4 is an array, not a reading object",
+                    "malformed: element 0: a number, not a reading object",
+                    "malformed: element 1: a string, not a reading object",
+                    "malformed: element 2: null, not a reading object",
+                    "malformed: element 3: a boolean, not a reading object",
+                    "malformed: element 4: an array, not a reading object",
                     r#"single "p""#,
                 ],
             ),
@@ -858,7 +890,7 @@ mod tests {
     #[test]
     fn scalars_keep_their_json_type_and_strings_are_borrowed() {
         let payload = br#"{"ts":1764082800000,"metric":"power","value":-2.5,"unit":"kW","quality":null,"meter":"m\"1","asset":-3}"#;
-        let elements = decode(payload).expect("decodes");
+        let elements = decode(payload).expect("decodes").elements;
         let Element::Reading(o) = &elements[0] else {
             panic!("not a reading: {elements:?}")
         };

@@ -41,6 +41,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         names::READINGS_ACCEPTED,
         names::READINGS_DUPLICATE,
         names::DB_ERRORS,
+        names::MESSAGES_ISOLATED,
         names::MQTT_RECONNECTS,
         names::PARTITIONS_CREATED,
         names::PARTITIONS_DROPPED,
@@ -51,6 +52,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         metrics::counter!(names::READINGS_REJECTED, "reason" => reason.as_str()).increment(0);
     }
     metrics::gauge!(names::BUFFERED_READINGS).set(0.0);
+    metrics::gauge!(names::BUFFERED_BYTES).set(0.0);
     metrics::gauge!(names::MQTT_CONNECTED).set(0.0);
     Ok(handle)
 }
@@ -83,6 +85,14 @@ fn describe() {
         "From receipt of a batch's first message to its commit, in seconds"
     );
     describe_gauge!(names::BUFFERED_READINGS, "Rows in the batch being built");
+    describe_gauge!(
+        names::BUFFERED_BYTES,
+        "Bytes received and not yet acknowledged, against ingest.max_buffered_bytes"
+    );
+    describe_counter!(
+        names::MESSAGES_ISOLATED,
+        "Messages the database kept refusing, isolated and stored as rejections"
+    );
     describe_gauge!(names::MQTT_CONNECTED, "1 while connected to the broker");
     describe_counter!(names::DB_ERRORS, "Failed database writes (each is retried)");
     describe_gauge!(

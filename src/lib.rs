@@ -6,6 +6,7 @@
 pub mod ack;
 pub mod admin;
 pub mod batch;
+pub mod budget;
 pub mod catalogue;
 pub mod cli;
 pub mod config;

@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_hierarchy"),
     migration!(2, "0002_measurements"),
     migration!(3, "0003_registry_notify"),
+    migration!(4, "0004_rejected_messages"),
 ];
 
 /// Held for the whole run, so a second migrator waits instead of racing. Arbitrary, fixed.

@@ -173,16 +173,24 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// A rejected reading, or a whole rejected message when `seq` is 0 and nothing was decoded.
+/// A rejected reading, or a whole rejected message when `seq` is 0 and nothing was decoded; or a
+/// run of `count` consecutive readings rejected alike (`[1,1,1,…]` is one run, not 130,000
+/// rejections: what a message costs to keep must not grow faster than the message).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub reason: Reason,
-    /// Human-readable: which field, which value, which rule.
+    /// Human-readable: which field, which value, which rule. Without the element's index,
+    /// which is [`Rejection::element`]; [`Rejection::describe`] puts them together.
     pub detail: String,
-    /// Position of the reading in the message, in decoding order (array index, then metric
-    /// order inside a `values` map). Deterministic for the same bytes, so a redelivered message
-    /// maps onto the same rejection rows.
+    /// Position of the (first) reading in the message, in decoding order (array index, then
+    /// metric order inside a `values` map). Deterministic for the same bytes, so a redelivered
+    /// message maps onto the same rejection rows.
     pub seq: u32,
+    /// How many readings this stands for: `seq`, `seq + 1`, … `seq + count - 1`. At least 1.
+    pub count: u32,
+    /// Index of the (first) reading's element when the payload is an array; advances with
+    /// `seq` along a run.
+    pub element: Option<u32>,
     /// What is known about the reading, for operators querying `rejected_readings`.
     pub entity_type: Option<EntityKind>,
     pub entity_id: Option<Uuid>,
@@ -197,6 +205,8 @@ impl Rejection {
             reason,
             detail: detail.into(),
             seq,
+            count: 1,
+            element: None,
             entity_type: None,
             entity_id: None,
             metric: None,
@@ -205,9 +215,59 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The detail as stored: `element 3: …` for a reading of an array (here the run's first).
+    /// The `rejected_readings` view composes the same text for every reading of a run.
+    pub fn describe(&self) -> std::borrow::Cow<'_, str> {
+        match self.element {
+            Some(i) => format!("element {i}: {}", self.detail).into(),
+            None => self.detail.as_str().into(),
+        }
+    }
+
+    /// Does `next` continue this run: the next reading, rejected the same way?
+    fn continued_by(&self, next: &Rejection) -> bool {
+        let Some(expected_seq) = self.seq.checked_add(self.count) else {
+            return false;
+        };
+        let elements_follow = match (self.element, next.element) {
+            (Some(a), Some(b)) => a.checked_add(self.count) == Some(b),
+            (None, None) => true,
+            _ => false,
+        };
+        next.seq == expected_seq
+            && elements_follow
+            && next.reason == self.reason
+            && next.detail == self.detail
+            && next.entity_type == self.entity_type
+            && next.entity_id == self.entity_id
+            && next.metric == self.metric
+            && next.ts == self.ts
+    }
+}
+
 /// Everything one MQTT message turned into. Every reading ends up in exactly one of the two.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Outcome {
     pub accepted: Vec<Reading>,
+    /// In `seq` order; consecutive readings rejected alike are one run (see [`Rejection`]).
     pub rejected: Vec<Rejection>,
+}
+
+impl Outcome {
+    /// Records a rejection, extending the last run when `r` continues it.
+    pub fn reject(&mut self, r: Rejection) {
+        if let Some(last) = self.rejected.last_mut()
+            && last.continued_by(&r)
+        {
+            last.count = last.count.saturating_add(r.count);
+            return;
+        }
+        self.rejected.push(r);
+    }
+
+    /// How many readings were rejected (runs counted by their length).
+    pub fn rejected_readings(&self) -> usize {
+        self.rejected.iter().map(|r| r.count as usize).sum()
+    }
 }

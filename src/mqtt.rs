@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckToken, Acker, Link};
+use crate::budget::{Budget, Charge, MESSAGE_OVERHEAD};
 use crate::config::{IngestConfig, MqttConfig};
 
 /// One message as received, on its way to the batcher.
@@ -34,6 +35,8 @@ pub struct Inbound {
     pub payload: Bytes,
     pub received_at: DateTime<Utc>,
     pub ack: AckToken,
+    /// Its bytes against `ingest.max_buffered_bytes`, held until it is acknowledged.
+    pub charge: Charge,
 }
 
 /// The topic filters for a prefix and optional shared group.
@@ -138,6 +141,13 @@ pub struct Intake {
     pub link: Arc<Link>,
 }
 
+/// Where received messages go: the queue to the batcher, and the byte budget each is charged
+/// to on arrival.
+pub struct Outlet {
+    pub tx: mpsc::Sender<Inbound>,
+    pub budget: Arc<Budget>,
+}
+
 /// Signals for the intake task's shutdown choreography.
 pub struct IntakeControl {
     /// Stop forwarding messages (start of shutdown).
@@ -151,7 +161,7 @@ pub struct IntakeControl {
 pub fn start(
     cfg: &MqttConfig,
     ingest: &IngestConfig,
-    tx: mpsc::Sender<Inbound>,
+    outlet: Outlet,
     link: Arc<Link>,
     control: IntakeControl,
 ) -> Result<(Intake, tokio::task::JoinHandle<()>), MqttSetupError> {
@@ -163,7 +173,7 @@ pub fn start(
         filters(cfg),
         Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
         link.clone(),
-        tx,
+        outlet,
         control,
     ));
     Ok((
@@ -211,9 +221,10 @@ async fn drive(
     filters: Vec<String>,
     mut backoff: Backoff,
     link: Arc<Link>,
-    tx: mpsc::Sender<Inbound>,
+    outlet: Outlet,
     control: IntakeControl,
 ) {
+    let Outlet { tx, budget } = outlet;
     let mut tx = Some(tx);
     let mut subscribed_once = false;
     let mut disconnect_sent = false;
@@ -240,20 +251,24 @@ async fn drive(
         }
         // Poll when the queue has room for what may arrive, or when acks wait to be written
         // (rumqttc writes them only inside poll); a message that arrives then waits in
-        // `overflow`. Otherwise wait, without polling: the broker holds the rest (backpressure).
+        // `overflow`. Never while the byte budget is spent: what is read must fit in memory.
+        // Otherwise wait, without polling: the broker holds the rest (backpressure).
         let room = tx
             .as_ref()
             .is_some_and(|t| overflow.is_empty() && t.capacity() > 0);
         let acks_waiting = link.acks_queued() > acks_written;
-        let may_poll = tx.is_none() || room || (acks_waiting && overflow.len() < OVERFLOW_MAX);
+        let spent = budget.is_spent();
+        let may_poll =
+            tx.is_none() || (!spent && (room || (acks_waiting && overflow.len() < OVERFLOW_MAX)));
         if !may_poll {
             let Some(sender) = tx.clone() else { continue };
             tokio::select! {
                 biased;
                 _ = control.abort.cancelled() => return,
                 _ = control.stop_intake.cancelled() => {}
-                permit = sender.reserve() => drop(permit),
-                _ = link.acks_ready.notified() => {}
+                _ = budget.freed(), if spent => {}
+                permit = sender.reserve(), if !spent => drop(permit),
+                _ = link.acks_ready.notified(), if !spent => {}
             }
             if !control.stop_intake.is_cancelled() {
                 continue;
@@ -316,11 +331,14 @@ async fn drive(
                     unacked_gauge.set(unacked as f64);
                 }
                 if let Some(sender) = &tx {
+                    let charge = budget
+                        .charge(publish.topic.len() + publish.payload.len() + MESSAGE_OVERHEAD);
                     let inbound = Inbound {
                         topic: publish.topic,
                         payload: publish.payload,
                         received_at: Utc::now(),
                         ack: AckToken::new(publish.pkid, publish.qos, link.current()),
+                        charge,
                     };
                     if let Err(mpsc::error::TrySendError::Full(m)) = sender.try_send(inbound) {
                         overflow.push_back(m);

@@ -55,6 +55,10 @@ pub mod names {
     pub const FLUSH_DURATION: &str = "ingest_flush_duration_seconds";
     pub const END_TO_END_LATENCY: &str = "ingest_end_to_end_latency_seconds";
     pub const BUFFERED_READINGS: &str = "ingest_buffered_readings";
+    /// Bytes charged to `ingest.max_buffered_bytes`: received and not yet acknowledged.
+    pub const BUFFERED_BYTES: &str = "ingest_buffered_bytes";
+    /// Messages the database kept refusing, isolated and stored as rejections.
+    pub const MESSAGES_ISOLATED: &str = "ingest_messages_isolated_total";
     pub const MQTT_CONNECTED: &str = "ingest_mqtt_connected";
     /// QoS 1 messages received on the current connection whose PUBACK is not written yet.
     pub const MQTT_UNACKED: &str = "ingest_mqtt_unacked_messages";
@@ -94,10 +98,10 @@ impl RejectionSummary {
         }
     }
 
-    pub fn record(&mut self, reason: crate::model::Reason, topic: &str, detail: &str) {
-        *self.counts.entry(reason.as_str()).or_default() += 1;
+    pub fn record(&mut self, topic: &str, rejection: &crate::model::Rejection) {
+        *self.counts.entry(rejection.reason.as_str()).or_default() += u64::from(rejection.count);
         if self.sample.is_none() {
-            self.sample = Some((topic.to_string(), detail.to_string()));
+            self.sample = Some((topic.to_string(), rejection.describe().into_owned()));
         }
     }
 

@@ -59,8 +59,7 @@ pub struct Context<'a> {
 pub fn judge(topic: &str, payload: &[u8], ctx: &Context<'_>) -> Outcome {
     let mut out = Outcome::default();
     if let Some(detail) = decode::oversize(payload.len(), ctx.limits.max_payload_bytes) {
-        out.rejected
-            .push(Rejection::new(Reason::PayloadTooLarge, 0, detail));
+        out.reject(Rejection::new(Reason::PayloadTooLarge, 0, detail));
         return out;
     }
     let Some(target) = decode::parse_topic(ctx.prefix, topic) else {
@@ -69,8 +68,7 @@ pub fn judge(topic: &str, payload: &[u8], ctx: &Context<'_>) -> Outcome {
             Quoted(topic),
             ctx.prefix.trim_end_matches('/'),
         );
-        out.rejected
-            .push(Rejection::new(Reason::UnknownTopic, 0, detail));
+        out.reject(Rejection::new(Reason::UnknownTopic, 0, detail));
         return out;
     };
     // The topic's entity is resolved once for the whole message.
@@ -86,36 +84,48 @@ pub fn judge(topic: &str, payload: &[u8], ctx: &Context<'_>) -> Outcome {
                 );
                 let mut r = Rejection::new(Reason::UnknownEntity, 0, detail);
                 r.entity_type = Some(kind);
-                out.rejected.push(r);
+                out.reject(r);
                 return out;
             }
         },
         Target::Gateway { .. } => None,
     };
-    let elements = match decode::decode(payload) {
-        Ok(elements) => elements,
+    let decoded = match decode::decode(payload) {
+        Ok(decoded) => decoded,
         Err(detail) => {
-            out.rejected.push(with_entity(
+            out.reject(with_entity(
                 Rejection::new(Reason::MalformedPayload, 0, detail),
                 topic_entity,
             ));
             return out;
         }
     };
-    out.accepted
-        .reserve(elements.iter().map(Element::readings).sum());
+    // Room for the readings of reading objects only: `[1,1,…]` accepts none.
+    out.accepted.reserve(
+        decoded
+            .elements
+            .iter()
+            .filter(|e| matches!(e, Element::Reading(_)))
+            .map(Element::readings)
+            .sum(),
+    );
     let window = Window::new(ctx);
     let mut seq: u32 = 0;
-    for element in elements {
+    for (index, element) in decoded.elements.into_iter().enumerate() {
+        let element_index = decoded
+            .array
+            .then(|| u32::try_from(index).unwrap_or(u32::MAX));
         match element {
             Element::Malformed(detail) => {
-                let r = Rejection::new(Reason::MalformedPayload, seq, detail);
-                out.rejected.push(with_entity(r, topic_entity));
+                let mut r = Rejection::new(Reason::MalformedPayload, seq, detail);
+                r.element = element_index;
+                out.reject(with_entity(r, topic_entity));
                 seq = seq.saturating_add(1);
             }
             Element::Reading(object) => {
                 judge_object(
                     &object,
+                    element_index,
                     topic_entity,
                     ctx.registry,
                     &window,
@@ -243,6 +253,7 @@ struct Shared<'r> {
 /// Judges every reading of one object, numbering them from `seq` on.
 fn judge_object<'r>(
     object: &Object<'_>,
+    element: Option<u32>,
     topic_entity: Option<&'r Entity>,
     registry: &'r Registry,
     window: &Window,
@@ -262,10 +273,12 @@ fn judge_object<'r>(
     let mut one = |metric: Name<'_>, value: Option<&Json<'_>>, unit: Option<&Json<'_>>| {
         match judge_reading(&shared, object.ts.as_ref(), window, metric, value, unit) {
             Ok(reading) => out.accepted.push(reading),
-            Err((reason, detail)) => out.rejected.push(Rejection {
+            Err((reason, detail)) => out.reject(Rejection {
                 reason,
                 detail,
                 seq: *seq,
+                count: 1,
+                element,
                 entity_type: shared.kind,
                 entity_id: shared.entity.as_ref().ok().map(|e| e.id),
                 metric: metric.known(),
@@ -686,7 +699,43 @@ mod tests {
     fn detail(topic: &str, payload: &str) -> String {
         let out = judged(topic, payload, &Limits::default());
         assert_eq!(out.rejected.len(), 1, "{out:?}");
-        out.rejected[0].detail.clone()
+        out.rejected[0].describe().into_owned()
+    }
+
+    #[test]
+    fn consecutive_readings_rejected_alike_are_one_run() {
+        let cons = format!("enalysis/v1/meters/{M_CONS}/readings");
+        let limits = Limits::default();
+        let ones = format!("[{}1]", "1,".repeat(9_999));
+        let out = judged(&cons, &ones, &limits);
+        assert_eq!(out.rejected.len(), 1, "{out:?}");
+        let run = &out.rejected[0];
+        assert_eq!((run.seq, run.count, run.element), (0, 10_000, Some(0)));
+        assert_eq!(run.describe(), "element 0: a number, not a reading object");
+        assert_eq!(out.rejected_readings(), 10_000);
+
+        // A different element, or a different instant, starts a new run.
+        let mixed = judged(&cons, r#"[1, 1, "x", 1]"#, &limits);
+        let runs: Vec<(u32, u32, Option<u32>)> = mixed
+            .rejected
+            .iter()
+            .map(|r| (r.seq, r.count, r.element))
+            .collect();
+        assert_eq!(runs, [(0, 2, Some(0)), (2, 1, Some(2)), (3, 1, Some(3))]);
+        let reading = |ts: &str| format!(r#"{{"ts":"{ts}","metric":"power","value":-1}}"#);
+        let distinct = format!(
+            "[{},{}]",
+            reading("2026-11-24T14:00:00Z"),
+            reading("2026-11-24T14:01:00Z")
+        );
+        assert_eq!(judged(&cons, &distinct, &limits).rejected.len(), 2);
+        let same = format!("[{0},{0}]", reading("2026-11-24T14:00:00Z"));
+        let out = judged(&cons, &same, &limits);
+        assert_eq!(out.rejected.len(), 1);
+        assert_eq!(out.rejected[0].count, 2);
+        // A single object names no element.
+        let one = judged(&cons, &reading("2026-11-24T14:00:00Z"), &limits);
+        assert_eq!(one.rejected[0].element, None);
     }
 
     #[test]
@@ -1615,7 +1664,7 @@ mod tests {
                 "{}",
                 r#"topic "enalysis/v1/meters/x\0y/data" does not match enalysis/v1/{meters|assets|energy-sources|gateways}/{key}/readings"#,
             ),
-            (CONS, "[1]", "element 0 is a number, not a reading object"),
+            (CONS, "[1]", "element 0: a number, not a reading object"),
             (CONS, "[]", "payload is an empty array"),
         ];
         for (topic, payload, expected) in cases {

@@ -15,18 +15,24 @@
 //!   metric's physical bounds, a `ts` inside the window, an entity of the registry of the kind
 //!   it claims, and obeys the meter-category rules;
 //! - a rejection has a non-empty detail without NUL, and a short printable metric if any;
-//! - judging is deterministic: the same bytes judged again give the same outcome.
+//! - judging is deterministic: the same bytes judged again give the same outcome;
+//! - the writer's encoding of the rejections (`write::encode`, `write::chunks`): one message
+//!   row holding the kept payload exactly, runs that stand for every rejected reading once,
+//!   no NUL in any text, chunks within their bounds, and what is stored for the message bounded
+//!   by a small multiple of its size whatever it holds.
 
 #![no_main]
 
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Duration, Utc};
+use enalysis_ingest::batch::{Batch, Message};
 use enalysis_ingest::catalogue;
 use enalysis_ingest::decode::{self, Target};
 use enalysis_ingest::model::{Entity, EntityKind, MeterCategory, Outcome};
 use enalysis_ingest::registry::Registry;
 use enalysis_ingest::validate::{Context, Limits, judge};
+use enalysis_ingest::write::{self, Form};
 use libfuzzer_sys::fuzz_target;
 use uuid::Uuid;
 
@@ -79,6 +85,7 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
     };
+    let raw_topic = topic;
     let topic = String::from_utf8_lossy(topic);
     let w = &*WORLD;
     let ctx = Context {
@@ -94,7 +101,67 @@ fuzz_target!(|data: &[u8]| {
         judge(&topic, payload, &ctx),
         "judging is not deterministic"
     );
+    check_encoding(&topic, raw_topic, payload, out, w);
 });
+
+/// What the writer would store for this message's rejections.
+fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w: &World) {
+    let rejected_readings = out.rejected_readings();
+    let mut batch = Batch::default();
+    let message = Message::new(
+        topic.to_owned(),
+        raw_topic,
+        bytes::Bytes::copy_from_slice(payload),
+        w.now,
+        MAX_PAYLOAD,
+        !out.rejected.is_empty(),
+    );
+    batch.push(message, out);
+    let rows = write::encode(&batch.whole(), &[], Form::Judged);
+    if rejected_readings == 0 {
+        assert!(rows.messages.is_empty() && rows.runs.is_empty(), "{rows:?}");
+        return;
+    }
+    assert_eq!(rows.messages.len(), 1, "one message row: {rows:?}");
+    let m = &rows.messages[0];
+    let kept = &payload[..payload.len().min(MAX_PAYLOAD)];
+    assert_eq!(m.payload, kept, "the payload kept exactly");
+    assert_eq!(m.payload_size as usize, payload.len());
+    assert_eq!(
+        m.payload_text,
+        std::str::from_utf8(kept).ok().filter(|t| !t.contains('\0'))
+    );
+    assert!(!m.topic.contains('\0'));
+    let mut covered: Vec<(i32, i32)> = Vec::new();
+    for r in &rows.runs {
+        assert_eq!(r.digest, m.digest);
+        assert!(r.count >= 1 && r.seq >= 0, "{r:?}");
+        assert!(!r.detail.contains('\0') && !r.detail.is_empty(), "{r:?}");
+        assert!(r.metric.as_ref().is_none_or(|x| !x.contains('\0')), "{r:?}");
+        covered.push((r.seq, r.seq + r.count));
+    }
+    covered.sort_unstable();
+    assert!(
+        covered.windows(2).all(|p| p[0].1 <= p[1].0),
+        "runs overlap: {covered:?}"
+    );
+    let total: usize = rows.runs.iter().map(|r| r.count as usize).sum();
+    assert_eq!(total, rejected_readings, "every rejected reading once");
+    // The budget of the issue: what one message costs to store grows with its size, not with
+    // readings × size. Run rows cost ~130 bytes + their detail; the smallest element that
+    // earns a row of its own is ~13 bytes (`{"a":1,"a":1}`), so 24x covers every shape.
+    let weight: usize = m.weight() + rows.runs.iter().map(|r| r.weight()).sum::<usize>();
+    assert!(
+        weight <= 24 * (kept.len() + topic.len()) + 2048,
+        "{weight} bytes stored for a {} byte message: {rows:?}",
+        kept.len()
+    );
+    for chunk in write::chunks(&rows.runs, |r| r.weight()) {
+        let bytes: usize = chunk.iter().map(|r| r.weight()).sum();
+        assert!(chunk.len() <= write::CHUNK_ROWS);
+        assert!(chunk.len() == 1 || bytes <= write::CHUNK_BYTES);
+    }
+}
 
 fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
     assert!(
@@ -113,7 +180,7 @@ fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
     let readings = if per_reading {
         decode::decode(payload)
             .ok()
-            .map(|elements| elements.iter().map(|e| e.readings()).sum::<usize>())
+            .map(|decoded| decoded.elements.iter().map(|e| e.readings()).sum::<usize>())
     } else {
         None
     };
@@ -128,18 +195,34 @@ fn check(topic: &str, payload: &[u8], out: &Outcome, w: &World) {
                 1,
                 "one whole-message rejection: {out:?}"
             );
-            assert_eq!(out.rejected[0].seq, 0, "{out:?}");
+            assert_eq!(
+                (out.rejected[0].seq, out.rejected[0].count),
+                (0, 1),
+                "{out:?}"
+            );
         }
         Some(n) => {
             assert_eq!(
-                out.accepted.len() + out.rejected.len(),
+                out.accepted.len() + out.rejected_readings(),
                 n,
                 "every reading exactly one outcome: {out:?}"
             );
-            let mut seqs: Vec<u32> = out.rejected.iter().map(|r| r.seq).collect();
+            // A run stands for `count` readings, seq after seq.
+            let mut seqs: Vec<u32> = out
+                .rejected
+                .iter()
+                .flat_map(|r| {
+                    assert!(r.count >= 1, "empty run: {out:?}");
+                    r.seq..r.seq + r.count
+                })
+                .collect();
             seqs.sort_unstable();
             seqs.dedup();
-            assert_eq!(seqs.len(), out.rejected.len(), "duplicate seq: {out:?}");
+            assert_eq!(
+                seqs.len(),
+                out.rejected_readings(),
+                "duplicate seq: {out:?}"
+            );
             assert!(
                 seqs.iter().all(|&s| (s as usize) < n),
                 "seq beyond the readings: {out:?}"

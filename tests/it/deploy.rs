@@ -820,8 +820,20 @@ fn the_dockerfile_copies_everything_cargo_needs_to_resolve_the_build() {
             assert!(status.success(), "COPY {src}: not in the repository");
         }
     }
+    // Resolved for this machine's platform only: the other platforms' crates (android, windows)
+    // are never downloaded by a build here, and `--offline` must not depend on whether something
+    // else (cargo-deny) happened to fetch them first.
+    let rustc = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host");
     let out = Command::new(env!("CARGO"))
         .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .args(["--filter-platform", &host])
         .current_dir(ctx.path())
         .output()
         .expect("cargo metadata");

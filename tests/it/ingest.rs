@@ -447,6 +447,114 @@ async fn a_row_the_database_refuses_is_rejected_alone_and_the_rest_of_the_batch_
     assert!(row.get::<_, String>(2).contains("666"));
 }
 
+/// A message the database refuses for a reason that is not a row's value (here a trigger of
+/// the application's raising an error) is isolated and stored as rejections; the rest flows.
+#[tokio::test]
+async fn a_message_that_makes_postgresql_refuse_the_statement_cannot_stop_ingestion() {
+    let s = setup().await;
+    s.client
+        .batch_execute(
+            "CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.value = 666 THEN RAISE EXCEPTION 'the application refuses 666'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_666 BEFORE INSERT ON measurements
+                 FOR EACH ROW EXECUTE FUNCTION refuse_666();",
+        )
+        .await
+        .expect("trigger");
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    // The poison message holds a good reading beside the refused one: both are kept, as
+    // rejections of that message.
+    for i in 0..40 {
+        let payload = if i == 17 {
+            json!([
+                {"ts": ts(i), "metric": "power", "value": 666.0},
+                {"ts": ts(1000), "metric": "power", "value": 1.0},
+            ])
+        } else {
+            json!({"ts": ts(i), "metric": "power", "value": i as f64})
+        };
+        p.publish(&topic, payload.to_string()).await;
+    }
+    wait_count(&s.client, MEAS, 39).await;
+    wait_count(&s.client, REJ, 2).await;
+    let rows = s
+        .client
+        .query(
+            "SELECT reason::text, detail, payload_text FROM rejected_readings ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("rejections");
+    for row in &rows {
+        assert_eq!(row.get::<_, String>(0), "invalid_value");
+        let detail: String = row.get(1);
+        assert!(detail.contains("the application refuses 666"), "{detail}");
+        assert!(row.get::<_, String>(2).contains("666"));
+    }
+    // Later readings flow as usual.
+    p.publish(
+        &topic,
+        json!({"ts": ts(2000), "metric": "power", "value": 2.0}).to_string(),
+    )
+    .await;
+    wait_count(&s.client, MEAS, 40).await;
+}
+
+/// When even the message's rejections are refused (a rule of the application's on the stored
+/// payload), one row is kept without the payload, and ingestion goes on.
+#[tokio::test]
+async fn a_message_whose_rejections_are_refused_too_is_kept_as_one_row_without_its_payload() {
+    let s = setup().await;
+    s.client
+        .batch_execute(
+            "ALTER TABLE rejected_messages ADD CONSTRAINT no_secret
+                 CHECK (position('SECRET'::bytea IN payload) = 0)",
+        )
+        .await
+        .expect("constraint");
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let poison = json!({"ts": ts(5), "metric": "SECRET", "value": 1.0}).to_string();
+    p.publish(&topic, poison.clone()).await;
+    for i in 0..10 {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": i as f64}).to_string(),
+        )
+        .await;
+    }
+    wait_count(&s.client, MEAS, 10).await;
+    wait_count(&s.client, REJ, 1).await;
+    let row = s
+        .client
+        .query_one(
+            "SELECT reason::text, detail, octet_length(payload), payload_size, seq
+             FROM rejected_readings",
+            &[],
+        )
+        .await
+        .expect("rejection");
+    assert_eq!(row.get::<_, String>(0), "invalid_value");
+    assert!(
+        row.get::<_, String>(1).contains("no_secret"),
+        "{}",
+        row.get::<_, String>(1)
+    );
+    assert_eq!(row.get::<_, i32>(2), 0);
+    assert_eq!(row.get::<_, i32>(3) as usize, poison.len());
+    assert_eq!(row.get::<_, i32>(4), i32::MAX);
+}
+
 #[tokio::test]
 async fn metrics_and_readiness_are_served_on_the_http_listener() {
     let s = setup().await;

@@ -7,13 +7,21 @@ use crate::support::{self, Cmd};
 #[tokio::test]
 async fn migrate_applies_everything_to_an_empty_database_and_then_is_a_no_op() {
     let db = support::empty_db().await;
+    let all = enalysis_ingest::migrate::MIGRATIONS.len();
     let first = Cmd::new(&["migrate"]).env("DATABASE_URL", &db).run();
     first.assert_ok();
-    assert!(first.stdout.contains("applied 3 migration(s)"), "{first:?}");
+    assert!(
+        first
+            .stdout
+            .contains(&format!("applied {all} migration(s)")),
+        "{first:?}"
+    );
     let second = Cmd::new(&["migrate"]).env("DATABASE_URL", &db).run();
     second.assert_ok();
     assert!(
-        second.stdout.contains("schema is up to date (version 3)"),
+        second
+            .stdout
+            .contains(&format!("schema is up to date (version {all})")),
         "{second:?}"
     );
     let client = support::connect(&db).await;
@@ -22,7 +30,7 @@ async fn migrate_applies_everything_to_an_empty_database_and_then_is_a_no_op() {
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 3);
+    assert_eq!(n, all as i64);
 }
 
 #[tokio::test]
@@ -35,7 +43,12 @@ async fn two_migrators_starting_at_once_both_succeed() {
     b.assert_ok();
     let applied = [&a, &b]
         .iter()
-        .filter(|o| o.stdout.contains("applied 3"))
+        .filter(|o| {
+            o.stdout.contains(&format!(
+                "applied {} ",
+                enalysis_ingest::migrate::MIGRATIONS.len()
+            ))
+        })
         .count();
     assert_eq!(applied, 1, "exactly one applies: {a:?} {b:?}");
 }
@@ -124,7 +137,7 @@ async fn every_table_has_the_common_columns_and_the_contract_tables_exist() {
                     c.is_nullable::text, coalesce(c.column_default, '')
              FROM information_schema.columns c
              JOIN information_schema.tables t USING (table_schema, table_name)
-             WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE'",
+             WHERE c.table_schema = 'public' AND t.table_type IN ('BASE TABLE', 'VIEW')",
             &[],
         )
         .await
@@ -164,13 +177,19 @@ async fn every_table_has_the_common_columns_and_the_contract_tables_exist() {
     }
     assert!(tables.contains_key("rejected_readings"));
     assert!(tables.contains_key("schema_migrations"));
+    // A view over rejected_messages and rejected_reading_runs, with the contract's columns.
     for c in [
         "received_at",
         "topic",
         "payload",
         "payload_text",
+        "payload_size",
         "reason",
         "detail",
+        "entity_type",
+        "entity_id",
+        "metric",
+        "ts",
     ] {
         assert!(
             tables["rejected_readings"].contains_key(c),
@@ -418,4 +437,88 @@ async fn partitions_are_created_ahead_and_absorb_rows_from_the_default_partition
         .expect("drop")
         .get(0);
     assert_eq!(dropped, 2);
+}
+
+/// Rows stored before `0004` (a payload per rejected reading) move to the payload-once tables
+/// and read back through the `rejected_readings` view unchanged.
+#[tokio::test]
+async fn rejections_stored_before_0004_read_back_unchanged_through_the_view() {
+    use enalysis_ingest::migrate::{MIGRATIONS, checksum};
+    let db = support::empty_db().await;
+    let mut client = support::connect(&db).await;
+    // The schema as it was at version 3, recorded as such.
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL,
+                 checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),
+                 duration_ms bigint NOT NULL)",
+        )
+        .await
+        .expect("bookkeeping");
+    for m in MIGRATIONS.iter().filter(|m| m.version <= 3) {
+        client.batch_execute(m.sql).await.expect(m.name);
+        client
+            .execute(
+                "INSERT INTO schema_migrations (version, name, checksum, duration_ms)
+                 VALUES ($1, $2, $3, 0)",
+                &[&m.version, &m.name, &checksum(m.sql)],
+            )
+            .await
+            .expect("record");
+    }
+    // Two readings of one message and a whole-message rejection of another, old style.
+    client
+        .batch_execute(
+            "INSERT INTO rejected_readings (topic, payload, payload_text, payload_size,
+                 message_digest, seq, reason, detail, metric)
+             VALUES
+               ('t/a', '[1,2]', '[1,2]', 5, sha256('a'), 0, 'malformed_payload', 'element 0: x', NULL),
+               ('t/a', '[1,2]', '[1,2]', 5, sha256('a'), 1, 'malformed_payload', 'element 1: x', NULL),
+               ('t/b', '\\x00ff', NULL, 2, sha256('b'), 0, 'malformed_payload', 'not UTF-8', NULL)",
+        )
+        .await
+        .expect("old rows");
+    let before = client
+        .query(
+            "SELECT topic, payload, payload_text, payload_size, message_digest, seq, reason::text,
+                    detail FROM rejected_readings ORDER BY topic, seq",
+            &[],
+        )
+        .await
+        .expect("before");
+    enalysis_ingest::migrate::run(&mut client)
+        .await
+        .expect("0004 applies over old rows");
+    let after = client
+        .query(
+            "SELECT topic, payload, payload_text, payload_size, message_digest, seq, reason::text,
+                    detail FROM rejected_readings ORDER BY topic, seq",
+            &[],
+        )
+        .await
+        .expect("after");
+    let show = |rows: &[tokio_postgres::Row]| -> Vec<String> {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{:?} {:?} {:?} {} {:?} {} {} {:?}",
+                    r.get::<_, String>(0),
+                    r.get::<_, Vec<u8>>(1),
+                    r.get::<_, Option<String>>(2),
+                    r.get::<_, i32>(3),
+                    r.get::<_, Vec<u8>>(4),
+                    r.get::<_, i32>(5),
+                    r.get::<_, String>(6),
+                    r.get::<_, String>(7),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(show(&after), show(&before));
+    let messages: i64 = client
+        .query_one("SELECT count(*) FROM rejected_messages", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(messages, 2, "one payload row per message");
 }

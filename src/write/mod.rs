@@ -1,0 +1,405 @@
+//! The writer: one batch, one transaction, binary COPY; then the acks, in arrival order.
+//!
+//! Fast path: COPY straight into `measurements`. The unique key makes a redelivered reading fail
+//! the COPY; then (and for the next few batches, since redeliveries come in runs) the batch goes
+//! through a temporary staging table and `INSERT … ON CONFLICT DO NOTHING`, which skips the
+//! duplicates and commits the rest. A row the database refuses for a reason of its own (a check
+//! constraint, a bad value) is isolated by bisection under savepoints and stored as a rejection,
+//! so it never poisons the batch. Every statement is bounded (`rows`, `rejections`): a batch
+//! goes in chunks, all in its one transaction.
+//!
+//! Failures are of two kinds. The database being away (connection refused, server shutting
+//! down, out of resources) is retried with backoff, keeping the batch, for as long as it takes.
+//! A failure that is about the batch — the server refuses the statement, or drops the
+//! connection while it still answers a fresh one — is retried a few times too; if it repeats,
+//! the batch is split by message until the message that causes it stands alone, and that
+//! message is stored as rejections (`invalid_value`, the error in the detail), or, if even
+//! that is refused, as one row without its payload. So no message can stop ingestion.
+
+mod rejections;
+mod rows;
+
+pub use rejections::{
+    CHUNK_BYTES, CHUNK_ROWS, Form, MessageRow, REFUSED_SEQ_BASE, Rows, RunRow, UNSTORABLE_SEQ,
+    chunks, encode,
+};
+
+use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Acker;
+use crate::batch::{Accepted, Batch, Part};
+use crate::db::{Db, DbError, pg_error_message};
+use crate::mqtt::Backoff;
+use crate::telemetry::names;
+
+/// After a batch met duplicates, this many following batches take the staging path directly.
+const STAGED_RUN: u32 = 8;
+
+/// Failures about the batch itself, in a row, before it is split (or a lone message isolated).
+const ISOLATE_AFTER: u32 = 3;
+
+/// What kind of failure an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database is away, restarting, out of resources, or busy: retry the same thing.
+    Unavailable,
+    /// The server refused the statement: may be caused by the rows.
+    Refused,
+    /// The connection broke mid-statement: the database restarting, or our statement (the
+    /// server drops a connection on a protocol message it cannot take). A probe tells which.
+    Lost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Connect(#[from] DbError),
+    #[error("{msg}")]
+    Db { msg: String, failure: Failure },
+}
+
+impl From<tokio_postgres::Error> for WriteError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db {
+            msg: pg_error_message(&e),
+            failure: classify(&e),
+        }
+    }
+}
+
+/// Classes of SQLSTATE that say the database, not the statement, is the trouble: connection
+/// exception, transaction rollback (serialization, deadlock), insufficient resources, object
+/// not in prerequisite state (lock not available), operator intervention (shutdown, cannot
+/// connect now), system error. `57014` (query cancelled, e.g. by `statement_timeout`) is left
+/// out: a statement that always times out is about its rows. `25006` (read-only transaction)
+/// is a server in recovery.
+fn classify(e: &tokio_postgres::Error) -> Failure {
+    match e.code() {
+        None => Failure::Lost,
+        Some(code) if *code == SqlState::QUERY_CANCELED => Failure::Refused,
+        Some(code) if *code == SqlState::READ_ONLY_SQL_TRANSACTION => Failure::Unavailable,
+        Some(code) => match &code.code()[..2] {
+            "08" | "40" | "53" | "55" | "57" | "58" => Failure::Unavailable,
+            _ => Failure::Refused,
+        },
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub inserted: u64,
+    pub duplicates: u64,
+    /// Rejection rows (runs) stored.
+    pub rejected: u64,
+    /// Rows the database refused, stored as rejections instead.
+    pub refused: u64,
+    /// Messages the database kept refusing, stored as rejections instead.
+    pub isolated: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, o: Self) {
+        self.inserted += o.inserted;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        self.refused += o.refused;
+        self.isolated += o.isolated;
+    }
+}
+
+/// How a part is to be written.
+#[derive(Debug, Clone, Copy)]
+enum Attempt<'e> {
+    /// As judged: accepted readings to `measurements`, rejections to their tables.
+    AsIs,
+    /// One message the database keeps refusing: everything in it becomes a rejection.
+    Refused(&'e str),
+    /// Not even that was taken: one row without the payload.
+    Unstorable(&'e str),
+}
+
+pub struct Writer {
+    db: Db,
+    /// Column types of `measurements` (the enums have database-assigned OIDs).
+    types: Option<Vec<Type>>,
+    staged_left: u32,
+    backoff: Backoff,
+}
+
+impl Writer {
+    pub fn new(db: Db, cfg: &crate::config::IngestConfig) -> Self {
+        Self {
+            db,
+            types: None,
+            staged_left: 0,
+            backoff: Backoff::new(cfg.retry_min_ms, cfg.retry_max_ms),
+        }
+    }
+
+    /// Writes the batch, retrying transient failures until it commits or `abort` fires
+    /// (then `None`: nothing is acked, the broker redelivers).
+    pub async fn write(&mut self, batch: &Batch, abort: &CancellationToken) -> Option<Written> {
+        let started = std::time::Instant::now();
+        let written = self.write_part(batch.whole(), abort).await?;
+        metrics::histogram!(names::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        Some(written)
+    }
+
+    /// Writes a part; if it keeps failing for a reason of its own, writes its halves, down to
+    /// the one message that causes it, which is stored as rejections.
+    async fn write_part(&mut self, part: Part<'_>, abort: &CancellationToken) -> Option<Written> {
+        match self.retry(part, Attempt::AsIs, abort).await? {
+            Ok(written) => Some(written),
+            Err(why) => match part.split() {
+                Some((a, b)) => {
+                    tracing::warn!(
+                        messages = part.messages.len(),
+                        error = %why,
+                        "a batch keeps failing; writing it in halves to find the cause"
+                    );
+                    let mut written = Box::pin(self.write_part(a, abort)).await?;
+                    written += Box::pin(self.write_part(b, abort)).await?;
+                    Some(written)
+                }
+                None => self.isolate(part, &why, abort).await,
+            },
+        }
+    }
+
+    /// One message the database keeps refusing: store it as rejections, or as one row.
+    async fn isolate(
+        &mut self,
+        part: Part<'_>,
+        why: &str,
+        abort: &CancellationToken,
+    ) -> Option<Written> {
+        let topic = part
+            .messages
+            .first()
+            .map(|m| m.topic.as_str())
+            .unwrap_or("");
+        tracing::error!(
+            topic,
+            rows = part.rows(),
+            error = why,
+            "the database keeps refusing one message; storing it as rejections"
+        );
+        metrics::counter!(names::MESSAGES_ISOLATED).increment(1);
+        metrics::counter!(names::READINGS_REJECTED, "reason" => crate::model::Reason::InvalidValue.as_str())
+            .increment(part.accepted.len() as u64);
+        let mut written = match self.retry(part, Attempt::Refused(why), abort).await? {
+            Ok(written) => written,
+            Err(again) => {
+                tracing::error!(
+                    topic,
+                    error = %again,
+                    "the database refuses this message's rejections too; keeping one row without the payload"
+                );
+                // Past this only the database itself can be at fault: retried for good.
+                loop {
+                    match self.retry(part, Attempt::Unstorable(&again), abort).await? {
+                        Ok(written) => break written,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot store even a one-row rejection; retrying")
+                        }
+                    }
+                }
+            }
+        };
+        written.isolated = 1;
+        Some(written)
+    }
+
+    /// Tries `attempt` until it commits (`Ok`), or fails [`ISOLATE_AFTER`] times for a reason
+    /// of its own (`Err` with the last error), or `abort` fires (`None`). The database being
+    /// away is waited out, however long.
+    async fn retry(
+        &mut self,
+        part: Part<'_>,
+        attempt: Attempt<'_>,
+        abort: &CancellationToken,
+    ) -> Option<Result<Written, String>> {
+        let mut own_failures = 0;
+        // A new attempt (a half, an isolated message) starts from the shortest delay.
+        self.backoff.reset();
+        loop {
+            let e = match self.try_write(part, attempt).await {
+                Ok(written) => {
+                    self.backoff.reset();
+                    return Some(Ok(written));
+                }
+                Err(e) => e,
+            };
+            // Types may be stale after the database was re-created; cheap to re-read.
+            self.types = None;
+            metrics::counter!(names::DB_ERRORS).increment(1);
+            let own = match &e {
+                WriteError::Connect(_) => false,
+                WriteError::Db { failure, .. } => match failure {
+                    Failure::Unavailable => false,
+                    Failure::Refused => true,
+                    // The statement broke the connection if a fresh one still answers.
+                    Failure::Lost => self.db.check().await.is_ok(),
+                },
+            };
+            if own {
+                own_failures += 1;
+                if own_failures >= ISOLATE_AFTER {
+                    return Some(Err(e.to_string()));
+                }
+            }
+            let delay = self.backoff.next_delay();
+            tracing::warn!(
+                error = %e,
+                rows = part.rows(),
+                retry_ms = delay.as_millis() as u64,
+                "batch not written; retrying"
+            );
+            tokio::select! {
+                _ = abort.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn try_write(
+        &mut self,
+        part: Part<'_>,
+        attempt: Attempt<'_>,
+    ) -> Result<Written, WriteError> {
+        let mut client = self.db.get().await?;
+        let accepted: Vec<&Accepted> = match attempt {
+            Attempt::AsIs => part.accepted.iter().collect(),
+            Attempt::Refused(_) | Attempt::Unstorable(_) => Vec::new(),
+        };
+        let form = match attempt {
+            Attempt::Unstorable(why) => Form::Unstorable(why),
+            _ => Form::Judged,
+        };
+        let refused_by_attempt: Vec<(&Accepted, String)> = match attempt {
+            Attempt::Refused(why) => part.accepted.iter().map(|a| (a, why.to_string())).collect(),
+            _ => Vec::new(),
+        };
+        if accepted.is_empty() {
+            // Only rejections: no staging needed.
+            let tx = client.transaction().await?;
+            let rejected =
+                rows::insert_rejections(&tx, &encode(&part, &refused_by_attempt, form)).await?;
+            tx.commit().await?;
+            return Ok(Written {
+                rejected,
+                refused: refused_by_attempt.len() as u64,
+                ..Written::default()
+            });
+        }
+        if self.types.is_none() {
+            let stmt = client
+                .prepare(&format!(
+                    "SELECT {} FROM measurements LIMIT 0",
+                    rows::COLUMNS
+                ))
+                .await?;
+            self.types = Some(stmt.columns().iter().map(|c| c.type_().clone()).collect());
+        }
+        let types = self.types.clone().unwrap_or_default();
+
+        if self.staged_left == 0 {
+            let tx = client.transaction().await?;
+            match rows::copy_chunked(&tx, "measurements", &types, &accepted).await {
+                Ok(n) => {
+                    let rejected =
+                        rows::insert_rejections(&tx, &encode(&part, &[], Form::Judged)).await?;
+                    tx.commit().await?;
+                    return Ok(Written {
+                        inserted: n,
+                        rejected,
+                        ..Written::default()
+                    });
+                }
+                Err(e) if rows::unique_violation(&e) => {
+                    // Redelivery: the transaction is aborted; redo it through staging.
+                    drop(tx);
+                    self.staged_left = STAGED_RUN;
+                }
+                Err(e) if rows::row_level(&e) => {
+                    drop(tx);
+                    // Isolation below works through staging too.
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.staged_left = self.staged_left.saturating_sub(1);
+
+        let mut tx = client.transaction().await?;
+        tx.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS measurements_staging (LIKE measurements) \
+             ON COMMIT DELETE ROWS",
+        )
+        .await?;
+        let mut refused = Vec::new();
+        let mut inserted = 0;
+        for chunk in accepted.chunks(CHUNK_ROWS) {
+            inserted += rows::insert_isolating(&mut tx, &types, chunk, &mut refused).await?;
+        }
+        let rejected = rows::insert_rejections(&tx, &encode(&part, &refused, Form::Judged)).await?;
+        tx.commit().await?;
+        let stored = accepted.len() as u64 - refused.len() as u64;
+        Ok(Written {
+            inserted,
+            duplicates: stored - inserted.min(stored),
+            rejected,
+            refused: refused.len() as u64,
+            isolated: 0,
+        })
+    }
+}
+
+/// The writer task: writes batches in order, acks each after its commit, and reports done.
+pub async fn run(
+    mut writer: Writer,
+    mut batches: mpsc::Receiver<Batch>,
+    acker: Acker,
+    abort: CancellationToken,
+    done: CancellationToken,
+) {
+    while let Some(batch) = batches.recv().await {
+        let started = std::time::Instant::now();
+        let Some(written) = writer.write(&batch, &abort).await else {
+            tracing::warn!(
+                messages = batch.acks.len(),
+                "shutdown deadline reached with a batch unwritten; the broker will redeliver it"
+            );
+            return;
+        };
+        let acks = acker.ack_all(&batch.acks);
+        metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted);
+        metrics::counter!(names::READINGS_DUPLICATE).increment(written.duplicates);
+        metrics::histogram!(names::BATCH_ROWS).record(batch.rows() as f64);
+        if let Some(started) = batch.started {
+            metrics::histogram!(names::END_TO_END_LATENCY).record(started.elapsed().as_secs_f64());
+        }
+        tracing::debug!(
+            rows = batch.rows(),
+            inserted = written.inserted,
+            duplicates = written.duplicates,
+            rejected = written.rejected,
+            acked = acks.acked,
+            stale_acks = acks.stale,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        if written.refused > 0 {
+            tracing::warn!(
+                rows = written.refused,
+                "the database refused rows; stored as rejections"
+            );
+        }
+        // The batch's memory goes back to the budget here, after its acks are queued.
+        drop(batch);
+    }
+    done.cancel();
+}

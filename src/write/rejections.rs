@@ -1,0 +1,256 @@
+//! Rejections as rows: one `rejected_messages` row per message (its payload, once), one
+//! `rejected_reading_runs` row per run of readings rejected alike; and the chunks they go to
+//! PostgreSQL in, so that no statement grows with the input (its protocol messages stop at
+//! 1 GB). Encoding is pure, so it is unit-tested and fuzzed without a database.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::batch::{Accepted, Part};
+use crate::model::{Reason, Rejection};
+
+/// At most this many rows in one statement ...
+pub const CHUNK_ROWS: usize = 5_000;
+/// ... and at most about this many bytes of parameters (a single message larger than this, up
+/// to `ingest.max_payload_bytes` ≤ 64 MiB, goes alone).
+pub const CHUNK_BYTES: usize = 16 << 20;
+
+/// The seq numbers given to readings the database refused start here, above any position the
+/// validator assigns, so they never collide with its rejections of the same message.
+pub const REFUSED_SEQ_BASE: u32 = 1 << 30;
+/// The seq of the one row kept for a message whose rejections could not be stored either.
+pub const UNSTORABLE_SEQ: u32 = i32::MAX as u32;
+/// How much of the topic the last-resort row keeps.
+const UNSTORABLE_TOPIC_CHARS: usize = 1024;
+
+/// How a part's rejections are to be stored.
+#[derive(Debug, Clone, Copy)]
+pub enum Form<'e> {
+    /// As judged, plus the accepted readings listed as refused.
+    Judged,
+    /// The message could not be stored even as rejections: one row saying so, without the
+    /// payload (its size is kept). The last resort before concluding the database is at fault.
+    Unstorable(&'e str),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow<'a> {
+    pub digest: &'a [u8],
+    pub received_at: DateTime<Utc>,
+    pub topic: String,
+    pub payload: &'a [u8],
+    pub payload_text: Option<&'a str>,
+    pub payload_size: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow<'a> {
+    pub digest: &'a [u8],
+    pub seq: i32,
+    pub count: i32,
+    pub element: Option<i32>,
+    pub received_at: DateTime<Utc>,
+    pub reason: &'static str,
+    pub detail: String,
+    pub entity_type: Option<&'static str>,
+    pub entity_id: Option<Uuid>,
+    pub metric: Option<String>,
+    pub ts: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rows<'a> {
+    pub messages: Vec<MessageRow<'a>>,
+    pub runs: Vec<RunRow<'a>>,
+}
+
+impl MessageRow<'_> {
+    /// Parameter bytes (payload and its text copy dominate).
+    pub fn weight(&self) -> usize {
+        96 + self.topic.len() + self.payload.len() + self.payload_text.map_or(0, str::len)
+    }
+}
+
+impl RunRow<'_> {
+    pub fn weight(&self) -> usize {
+        128 + self.detail.len() + self.metric.as_ref().map_or(0, String::len)
+    }
+}
+
+/// PostgreSQL text cannot hold NUL; anything echoed from outside is cleaned of it.
+pub fn clean(s: &str) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\\0")
+    } else {
+        s.to_string()
+    }
+}
+
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The rejection recorded for an accepted reading the database refused (`why`).
+pub fn refused(a: &Accepted, why: &str) -> Rejection {
+    let r = &a.reading;
+    Rejection {
+        reason: Reason::InvalidValue,
+        detail: format!(
+            "value {} {} for {} was refused by the database: {why}",
+            r.value, r.unit, r.metric
+        ),
+        seq: REFUSED_SEQ_BASE.saturating_add(a.index),
+        count: 1,
+        element: None,
+        entity_type: Some(r.entity_type),
+        entity_id: Some(r.entity_id),
+        metric: Some(r.metric.to_string()),
+        ts: Some(r.ts),
+    }
+}
+
+/// The rows for `part`'s rejections and for the accepted readings in `refused` (with why the
+/// database refused each). Messages without any are left out.
+pub fn encode<'a>(
+    part: &Part<'a>,
+    refused_rows: &[(&'a Accepted, String)],
+    form: Form<'_>,
+) -> Rows<'a> {
+    let mut rows = Rows::default();
+    let with_message = |rows: &mut Rows<'a>, m: u32| {
+        let msg = part.message(m)?;
+        if rows.messages.last().map(|r| r.digest) != Some(&msg.digest[..]) {
+            rows.messages.push(match form {
+                Form::Judged => MessageRow {
+                    digest: &msg.digest,
+                    received_at: msg.received_at,
+                    topic: clean(&msg.topic),
+                    payload: &msg.payload,
+                    payload_text: std::str::from_utf8(&msg.payload)
+                        .ok()
+                        .filter(|s| !s.contains('\0')),
+                    payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
+                },
+                Form::Unstorable(_) => MessageRow {
+                    digest: &msg.digest,
+                    received_at: msg.received_at,
+                    topic: clean(
+                        &msg.topic
+                            .chars()
+                            .take(UNSTORABLE_TOPIC_CHARS)
+                            .collect::<String>(),
+                    ),
+                    payload: &[],
+                    payload_text: None,
+                    payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
+                },
+            });
+        }
+        Some(msg)
+    };
+    if let Form::Unstorable(why) = form {
+        for (i, _) in part.messages.iter().enumerate() {
+            let m = part
+                .first
+                .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let Some(msg) = with_message(&mut rows, m) else {
+                continue;
+            };
+            rows.runs.push(RunRow {
+                digest: &msg.digest,
+                seq: int(UNSTORABLE_SEQ),
+                count: 1,
+                element: None,
+                received_at: msg.received_at,
+                reason: Reason::InvalidValue.as_str(),
+                detail: clean(&format!(
+                    "the database refused this message and its rejections, so only this row is \
+                     kept (the payload is not): {why}"
+                )),
+                entity_type: None,
+                entity_id: None,
+                metric: None,
+                ts: None,
+            });
+        }
+        return rows;
+    }
+    let refused_rejections: Vec<(Rejection, u32)> = refused_rows
+        .iter()
+        .map(|(a, why)| (refused(a, why), a.message))
+        .collect();
+    let all = part
+        .rejected
+        .iter()
+        .map(|r| (&r.rejection, r.message))
+        .chain(refused_rejections.iter().map(|(r, m)| (r, *m)));
+    for (r, m) in all {
+        let Some(msg) = with_message(&mut rows, m) else {
+            continue;
+        };
+        rows.runs.push(RunRow {
+            digest: &msg.digest,
+            seq: int(r.seq),
+            count: int(r.count.max(1)),
+            element: r.element.map(int),
+            received_at: msg.received_at,
+            reason: r.reason.as_str(),
+            detail: clean(&r.detail),
+            entity_type: r.entity_type.map(|k| k.as_str()),
+            entity_id: r.entity_id,
+            metric: r.metric.as_deref().map(clean),
+            ts: r.ts,
+        });
+    }
+    // Refused readings come after the validator's rejections of other messages; one row per
+    // message all the same.
+    rows.messages.sort_by(|a, b| a.digest.cmp(b.digest));
+    rows.messages.dedup_by(|a, b| a.digest == b.digest);
+    rows
+}
+
+/// `items` cut into consecutive chunks of at most [`CHUNK_ROWS`] items and about
+/// [`CHUNK_BYTES`] bytes; an item heavier than that is a chunk of its own.
+pub fn chunks<T>(items: &[T], weight: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, item) in items.iter().enumerate() {
+        let w = weight(item);
+        if i > start && (i - start >= CHUNK_ROWS || bytes + w > CHUNK_BYTES) {
+            out.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += w;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_both_bounds_and_keep_every_item_in_order() {
+        let items: Vec<usize> = (0..12_000).collect();
+        let cut = chunks(&items, |_| 10);
+        assert_eq!(
+            cut.iter().map(|c| c.len()).collect::<Vec<_>>(),
+            [CHUNK_ROWS, CHUNK_ROWS, 2_000]
+        );
+        let heavy = [CHUNK_BYTES / 2 + 1, 10, CHUNK_BYTES * 3, 5];
+        let cut = chunks(&heavy, |w| *w);
+        assert_eq!(cut, [&heavy[0..2], &heavy[2..3], &heavy[3..4]]);
+        assert!(chunks(&[] as &[usize], |_| 1).is_empty());
+    }
+
+    #[test]
+    fn clean_escapes_nul() {
+        assert_eq!(clean("a\0b"), "a\\0b");
+        assert_eq!(clean("plain"), "plain");
+    }
+}
