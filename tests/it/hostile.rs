@@ -315,6 +315,8 @@ struct Ctx {
     asset_uuid: String,
     /// A base time within the last day; every round and kind takes its own timestamps.
     base_ms: i64,
+    /// Almost a day ago: the 250 KiB arrays span 23.4 hours from here.
+    day_ago_ms: i64,
 }
 
 /// A small deterministic generator (xorshift64*), for bytes that must look random.
@@ -357,7 +359,7 @@ fn round(r: usize, c: &Ctx) -> Vec<Hostile> {
     push(
         "250 KiB array of category violations",
         if r % 2 == 0 { &cons } else { &cons_ext },
-        violation_array(c.base_ms - 3_600_000 + r as i64 * 7, 26_000, WEDGE_READINGS),
+        violation_array(c.day_ago_ms + r as i64 * 7, 26_000, WEDGE_READINGS),
         Expect::Rows("category_violation", WEDGE_READINGS as i64),
     );
     // A gateway naming meters nobody knows.
@@ -1015,6 +1017,7 @@ async fn a_hostile_corpus_interleaved_with_valid_readings() {
         cons_ext,
         asset_uuid: s.ids.asset.to_string(),
         base_ms: now_ms() - DAY_MS / 2,
+        day_ago_ms: now_ms() - DAY_MS + 120_000,
     };
     let mut sent: Vec<Sent> = Vec::new();
     let mut next_valid = 1usize;
