@@ -16,7 +16,15 @@
 //! - the peers (`bench/peers/`, installed by `bench/peers/setup`): the same stream into the same
 //!   table, for at most `BENCH_PEER_WINDOW_SECS`;
 //! - latency: the daemon at half its sustained rate, p50/p99 of receipt → commit from its
-//!   histogram.
+//!   histogram;
+//! - hostile flood (issue #11): for `BENCH_FLOOD_SECS`, the message that once wedged ingestion
+//!   (a ~250 KiB JSON array of 3,240 readings of −3.5 kW for a CONS meter, every one a
+//!   `category_violation`), `BENCH_FLOOD_RATE` of them a second, each one different, beside the
+//!   simulator's valid readings at half the sustained rate; the daemon runs with
+//!   `ingest.max_buffered_bytes` = `BENCH_FLOOD_BUDGET_MIB`. Reported: the valid readings
+//!   committed per second during the flood, and the daemon's peak RSS beside its budget and its
+//!   bound (2 × budget + its RSS before the flood); then every valid reading and every
+//!   rejection is checked in the tables.
 //!
 //! A throughput is readings stored ÷ time from the simulator's start to the last commit: the
 //! publisher runs flat out and mosquitto queues what a consumer cannot take yet, so this is the
@@ -25,7 +33,10 @@
 //!
 //! Settings (environment): `BENCH_REPEATS` (3), `BENCH_READINGS` (300000 per case),
 //! `BENCH_PEER_WINDOW_SECS` (12), `BENCH_DIR` (`.bench`, where the peers are installed),
-//! `BENCH_CASES` (comma-separated case names to run; default all).
+//! `BENCH_CASES` (comma-separated case names to run; default all), `BENCH_FLOOD_SECS` (20),
+//! `BENCH_FLOOD_RATE` (20 flood messages/s), `BENCH_FLOOD_BUDGET_MIB` (64, the shipped
+//! default), `BENCH_FLOOD_VALID_RATE` (valid readings/s beside the flood; default half the
+//! sustained 1/msg rate of the run, 20,000 when the daemon case is not run).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -59,6 +70,18 @@ struct Settings {
     peer_window: Duration,
     bench_dir: PathBuf,
     cases: Option<Vec<String>>,
+    flood: Flood,
+}
+
+/// The hostile flood's settings.
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    secs: u64,
+    /// Flood messages per second.
+    rate: u64,
+    budget_bytes: u64,
+    /// Valid readings per second beside the flood; `None`: half the sustained 1/msg rate.
+    valid_rate: Option<u64>,
 }
 
 impl Settings {
@@ -86,6 +109,16 @@ impl Settings {
             cases: std::env::var("BENCH_CASES")
                 .ok()
                 .map(|s| s.split(',').map(|c| c.trim().to_string()).collect()),
+            flood: Flood {
+                secs: num("BENCH_FLOOD_SECS", 20)?.max(1),
+                rate: num("BENCH_FLOOD_RATE", 20)?.max(1),
+                budget_bytes: num("BENCH_FLOOD_BUDGET_MIB", 64)?.max(1) << 20,
+                valid_rate: std::env::var("BENCH_FLOOD_VALID_RATE")
+                    .ok()
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("BENCH_FLOOD_VALID_RATE is not a number")?,
+            },
         })
     }
 
@@ -108,6 +141,8 @@ struct Sample {
     /// Whether every published reading was stored (peers may run out of window).
     complete: bool,
     note: String,
+    /// Shown after the cores whatever `complete` says (the hostile flood's figures).
+    remark: String,
 }
 
 #[derive(Debug, Default)]
@@ -245,6 +280,19 @@ async fn run(s: Settings) -> Result<()> {
                 Err(e) => eprintln!("  latency failed: {e:#}"),
             }
         }
+        if s.wants("hostile") {
+            let valid_rate = s
+                .flood
+                .valid_rate
+                .or(sustained.map(|r| (r / 2.0) as u64))
+                .unwrap_or(20_000)
+                .max(100);
+            let r = hostile_flood(&env, s.flood, valid_rate).await;
+            if let Ok(sample) = &r {
+                eprintln!("  {}", sample.remark);
+            }
+            record(HOSTILE_CASE, r);
+        }
     }
     report(&s, &env, &results, &latencies, started.elapsed()).await;
     Ok(())
@@ -294,7 +342,10 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client> {
 /// Empty table, clean WAL: every case starts from the same state.
 async fn reset(env: &Env) -> Result<()> {
     env.client
-        .batch_execute("TRUNCATE measurements, rejected_readings; CHECKPOINT")
+        // rejected_readings is a view over these two since migration 0004.
+        .batch_execute(
+            "TRUNCATE measurements, rejected_reading_runs, rejected_messages; CHECKPOINT",
+        )
         .await?;
     Ok(())
 }
@@ -702,6 +753,11 @@ struct Daemon {
 
 impl Daemon {
     async fn start(env: &Env) -> Result<Daemon> {
+        Daemon::start_with(env, &[]).await
+    }
+
+    /// [`Daemon::start`] with extra environment variables (settings).
+    async fn start_with(env: &Env, extra: &[(&str, String)]) -> Result<Daemon> {
         let http = common::free_port();
         // Kept after the run for a look: target/bench/daemon-N.log.
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -722,6 +778,7 @@ impl Daemon {
             )
             // The session ends with the run: later cases must not queue messages for it.
             .env("ENALYSIS_MQTT__SESSION_EXPIRY_SECS", "1")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -890,9 +947,201 @@ async fn daemon_run(
             cores,
             complete: true,
             note: String::new(),
+            remark: String::new(),
         },
         latency,
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile flood (issue #11)
+
+const HOSTILE_CASE: &str = "enalysis-ingest, hostile flood";
+/// Readings in one flood message: the gateway with a CT clamp fitted backwards of issue #11.
+const FLOOD_READINGS: u64 = 3240;
+/// A CONS meter of the inventory (`inventory_yaml`: every fourth meter, from 0).
+const FLOOD_TOPIC: &str = "enalysis/v1/meters/bench-meter-0/readings";
+
+/// The message of issue #11: a JSON array of 3,240 readings of `power` −3.5 kW at distinct
+/// millisecond timestamps 26 s apart from `first_ts_ms` (within the last day), one per line,
+/// indented to 79 bytes a reading: ~250 KiB, just under the 256 KiB `ingest.max_payload_bytes`.
+fn flood_message(first_ts_ms: i64) -> Vec<u8> {
+    let n = FLOOD_READINGS as usize;
+    let mut out = String::with_capacity(n * 79 + 4);
+    out.push_str("[\n");
+    for i in 0..n {
+        let obj = format!(
+            r#"{{"ts": {}, "metric": "power", "value": -3.5, "unit": "kW"}}"#,
+            first_ts_ms + i as i64 * 26_000
+        );
+        out.extend(std::iter::repeat_n(' ', 77usize.saturating_sub(obj.len())));
+        out.push_str(&obj);
+        out.push_str(if i + 1 < n { ",\n" } else { "\n" });
+    }
+    out.push(']');
+    out.into_bytes()
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Publishes flood messages to [`FLOOD_TOPIC`], `rate` a second for `secs`, each one different
+/// (its timestamps shifted by 1 ms per message), at QoS 1; waits for the broker's PUBACKs,
+/// with at most 64 outstanding. Returns the messages and bytes published.
+async fn flood_publish(env: &Env, rate: u64, secs: u64) -> Result<(u64, u64)> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(
+        format!("bench-flood-{}", Uuid::new_v4().simple()),
+        "127.0.0.1",
+        env.broker.port(),
+    );
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = acked.clone();
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let result = async {
+        let day_ago = Utc::now().timestamp_millis() - 86_400_000 + 120_000;
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let end = start + Duration::from_secs(secs);
+        let (mut next, mut sent, mut bytes) = (start, 0u64, 0u64);
+        while next < end {
+            tokio::time::sleep_until(next).await;
+            let payload = flood_message(day_ago + sent as i64);
+            bytes += payload.len() as u64;
+            client
+                .publish(FLOOD_TOPIC, QoS::AtLeastOnce, false, payload)
+                .await?;
+            sent += 1;
+            next += period;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while sent.saturating_sub(acked.load(Ordering::Relaxed)) > 64 {
+                ensure!(
+                    Instant::now() < deadline,
+                    "the broker stopped acknowledging"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while acked.load(Ordering::Relaxed) < sent {
+            ensure!(
+                Instant::now() < deadline,
+                "the broker acknowledged {} of {sent} flood messages",
+                acked.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok((sent, bytes))
+    }
+    .await;
+    poller.abort();
+    result
+}
+
+/// The daemon with `ingest.max_buffered_bytes` = the flood's budget, the simulator's valid
+/// readings at `valid_rate`, and for `flood.secs` the flood beside them. Then every valid
+/// reading and every rejection is checked in the tables.
+async fn hostile_flood(env: &Env, flood: Flood, valid_rate: u64) -> Result<Sample> {
+    reset(env).await?;
+    let daemon = Daemon::start_with(
+        env,
+        &[(
+            "ENALYSIS_INGEST__MAX_BUFFERED_BYTES",
+            flood.budget_bytes.to_string(),
+        )],
+    )
+    .await?;
+    let pid = daemon.child.id();
+    // Up and idle: the base of the bound.
+    let base = rss_mib(pid).context("the daemon's VmRSS")?;
+    let mut sim = Simulator::start(env, valid_rate * flood.secs, 1, Some(valid_rate as f64))?;
+    let n = sim.readings;
+    let mut watch = Watch::start(
+        env,
+        &[
+            ("simulator", sim.pid()),
+            ("daemon", pid),
+            ("bench (flood publisher)", std::process::id()),
+        ],
+    );
+    sim.started().await?;
+    watch.restart();
+    let accepted0 = daemon.accepted().await?;
+    let t0 = Instant::now();
+    let (messages, bytes) = flood_publish(env, flood.rate, flood.secs).await?;
+    let flood_secs = t0.elapsed().as_secs_f64();
+    let accepted1 = daemon.accepted().await?;
+    let cores = watch.stop();
+    // What the broker holds then is the backlog: wait until every valid reading is committed
+    // and every flood message is recorded.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let recorded: i64 = env
+            .client
+            .query_one("SELECT count(*) FROM rejected_messages", &[])
+            .await?
+            .get(0);
+        let accepted = daemon.accepted().await?;
+        if accepted >= n && recorded as u64 >= messages {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after 300 s: {accepted} of {n} valid readings committed, {recorded} of {messages} \
+             flood messages recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = t0.elapsed().as_secs_f64() - flood_secs;
+    let rss = peak_rss_mib(pid);
+    let published = sim.finish(Duration::from_secs(60)).await?;
+    daemon.stop().await?;
+    let (count, rejected) = stored(env).await?;
+    ensure!(
+        published == n && count as u64 == n && rejected as u64 == messages * FLOOD_READINGS,
+        "published {published}, stored {count}, rejected {rejected}: expected {n} stored \
+         exactly once and {} rejected",
+        messages * FLOOD_READINGS
+    );
+    let budget = (flood.budget_bytes >> 20) as f64;
+    let bound = 2.0 * budget + base;
+    let peak = rss.unwrap_or(f64::NAN);
+    let remark = format!(
+        "budget {budget:.0} MiB, peak RSS {peak:.0} MiB {} the bound 2 × budget + base \
+         {base:.0} MiB = {bound:.0} MiB; {messages} flood messages ({:.0} MiB, {} rejected \
+         readings) in {flood_secs:.0} s beside {} valid readings/s offered; backlog drained \
+         {drained:.1} s after the flood",
+        if peak <= bound { "within" } else { "ABOVE" },
+        bytes as f64 / 1048576.0,
+        thousands((messages * FLOOD_READINGS) as f64),
+        thousands(valid_rate as f64),
+    );
+    Ok(Sample {
+        readings_per_s: accepted1.saturating_sub(accepted0) as f64 / flood_secs,
+        peak_rss_mib: rss,
+        cores,
+        complete: true,
+        remark,
+        ..Default::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1028,6 +1277,7 @@ async fn peer_run(
             } else {
                 format!("{count} of {n} stored in the {}-s window", window.as_secs())
             },
+            remark: String::new(),
         })
     }
     .await;
@@ -1137,6 +1387,7 @@ async fn report(
         "broker ceiling, 10/msg",
         "enalysis-ingest, 1/msg",
         "enalysis-ingest, 10/msg",
+        HOSTILE_CASE,
         "python bridge, 1/msg",
         "python bridge, 10/msg",
         "node-red, 1/msg",
@@ -1149,7 +1400,10 @@ async fn report(
         let rates: Vec<f64> = samples.iter().map(|s| s.readings_per_s).collect();
         let (mid, lo, hi) = median_spread(&rates);
         let per_message = if case.ends_with("10/msg") { 10 } else { 1 };
-        let ratio = match (case.contains("ceiling"), ceiling(per_message)) {
+        let ratio = match (
+            case.contains("ceiling") || case == HOSTILE_CASE,
+            ceiling(per_message),
+        ) {
             (false, Some(c)) => format!("{:.2}", mid / c),
             _ => "".into(),
         };
@@ -1180,6 +1434,9 @@ async fn report(
                 let mut t = fmt_cores(&s.cores);
                 if !s.complete {
                     t.push_str(&format!(" ({})", s.note));
+                }
+                if !s.remark.is_empty() {
+                    t.push_str(&format!("; {}", s.remark));
                 }
                 t
             })
