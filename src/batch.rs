@@ -349,6 +349,9 @@ pub async fn run(
             inbound = rx.try_recv().ok();
         }
         metrics::counter!(names::MESSAGES_RECEIVED).increment(received);
+        // Under a steady stream the queue is never empty and the timer branch above never
+        // wins: the summary is checked here too, like the batch's age below.
+        summary.maybe_log();
         metrics::gauge!(names::BUFFERED_READINGS).set(batch.rows() as f64);
         // The age limit is checked here too: under a steady stream the queue is never empty,
         // so the timer branch above would never win and batches would only close by size.

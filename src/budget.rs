@@ -20,15 +20,19 @@ pub const MESSAGE_OVERHEAD: usize = 256;
 #[derive(Debug)]
 pub struct Budget {
     limit: usize,
+    /// Kept free for what one poll of the MQTT client may read before it is charged: the
+    /// budget counts as spent `reserve` bytes early, so that read still fits under `limit`.
+    reserve: usize,
     used: AtomicUsize,
     freed: Notify,
     gauge: metrics::Gauge,
 }
 
 impl Budget {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub fn new(limit: usize, reserve: usize) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1),
+            reserve,
             used: AtomicUsize::new(0),
             freed: Notify::new(),
             gauge: metrics::gauge!(names::BUFFERED_BYTES),
@@ -43,9 +47,9 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// The budget is spent: stop taking messages in.
+    /// The budget is spent (short of the reserve): stop taking messages in.
     pub fn is_spent(&self) -> bool {
-        self.used() >= self.limit
+        self.used().saturating_add(self.reserve) >= self.limit
     }
 
     /// Charges `bytes`; released when the returned [`Charge`] (and whatever it merged) drops.
@@ -126,7 +130,7 @@ mod tests {
 
     #[test]
     fn charges_are_released_when_they_drop_including_absorbed_ones() {
-        let b = Budget::new(1000);
+        let b = Budget::new(1100, 100);
         let mut batch = b.charge(0);
         let m1 = b.charge(600);
         let mut m2 = b.charge(300);
@@ -145,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_release_before_the_wait_is_not_missed() {
-        let b = Budget::new(10);
+        let b = Budget::new(10, 0);
         drop(b.charge(20));
         tokio::time::timeout(std::time::Duration::from_secs(1), b.freed())
             .await

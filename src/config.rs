@@ -79,8 +79,9 @@ pub struct MqttConfig {
 
 /// Largest `ingest.max_payload_bytes`: see `Config::validate`.
 const MAX_STATEMENT_PAYLOAD: usize = 64 << 20;
-/// Smallest `ingest.max_buffered_bytes` that still lets a batch form.
-const MIN_BUFFERED_BYTES: usize = 1 << 20;
+/// What `ingest.max_buffered_bytes` must leave for the pipeline (queue, batches) beyond the
+/// read reserve.
+const MIN_PIPELINE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -251,10 +252,16 @@ impl Config {
                 format!("must not be above {MAX_STATEMENT_PAYLOAD} (64 MiB)"),
             );
         }
-        if i.max_buffered_bytes < MIN_BUFFERED_BYTES {
+        let reserve = crate::mqtt::poll_reserve(m);
+        if i.max_buffered_bytes < reserve + MIN_PIPELINE_BYTES {
             return invalid(
                 "ingest.max_buffered_bytes",
-                format!("must be at least {MIN_BUFFERED_BYTES} (1 MiB)"),
+                format!(
+                    "must be at least {} ({} MiB): 11 x mqtt.max_packet_bytes are kept for what \
+                     one read from the broker may bring, plus 4 MiB for the pipeline",
+                    reserve + MIN_PIPELINE_BYTES,
+                    (reserve + MIN_PIPELINE_BYTES).div_ceil(1 << 20)
+                ),
             );
         }
         if i.queue_messages == 0 || i.batch_max_rows == 0 || i.batch_max_age_ms == 0 {

@@ -96,7 +96,10 @@ pub async fn run(
         &config.ingest,
         mqtt::Outlet {
             tx: queue_tx,
-            budget: crate::budget::Budget::new(config.ingest.max_buffered_bytes),
+            budget: crate::budget::Budget::new(
+                config.ingest.max_buffered_bytes,
+                mqtt::poll_reserve(&config.mqtt),
+            ),
         },
         link,
         IntakeControl {

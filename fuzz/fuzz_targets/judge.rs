@@ -128,8 +128,8 @@ fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w
     assert_eq!(m.payload, kept, "the payload kept exactly");
     assert_eq!(m.payload_size as usize, payload.len());
     assert_eq!(
-        m.payload_text,
-        std::str::from_utf8(kept).ok().filter(|t| !t.contains('\0'))
+        m.is_text,
+        std::str::from_utf8(kept).is_ok_and(|t| !t.contains('\0'))
     );
     assert!(!m.topic.contains('\0'));
     let mut covered: Vec<(i32, i32)> = Vec::new();

@@ -3,17 +3,21 @@
 //! PostgreSQL in, so that no statement grows with the input (its protocol messages stop at
 //! 1 GB). Encoding is pure, so it is unit-tested and fuzzed without a database.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::batch::{Accepted, Part};
+use crate::batch::{Accepted, Message, Part};
 use crate::model::{Reason, Rejection};
 
 /// At most this many rows in one statement ...
 pub const CHUNK_ROWS: usize = 5_000;
 /// ... and at most about this many bytes of parameters (a single message larger than this, up
-/// to `ingest.max_payload_bytes` ≤ 64 MiB, goes alone).
-pub const CHUNK_BYTES: usize = 16 << 20;
+/// to `ingest.max_payload_bytes` ≤ 64 MiB, goes alone). Small: the driver holds a statement's
+/// parameters twice while it sends them (encoded, and in its write buffer), outside the byte
+/// budget, and a few round trips more per batch of rejections cost nothing that matters.
+pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// The seq numbers given to readings the database refused start here, above any position the
 /// validator assigns, so they never collide with its rejections of the same message.
@@ -37,9 +41,11 @@ pub enum Form<'e> {
 pub struct MessageRow<'a> {
     pub digest: &'a [u8],
     pub received_at: DateTime<Utc>,
-    pub topic: String,
+    pub topic: Cow<'a, str>,
     pub payload: &'a [u8],
-    pub payload_text: Option<&'a str>,
+    /// The payload is UTF-8 without NUL, so the database keeps a text copy too (made there,
+    /// not sent twice).
+    pub is_text: bool,
     pub payload_size: i32,
 }
 
@@ -51,10 +57,10 @@ pub struct RunRow<'a> {
     pub element: Option<i32>,
     pub received_at: DateTime<Utc>,
     pub reason: &'static str,
-    pub detail: String,
+    pub detail: Cow<'a, str>,
     pub entity_type: Option<&'static str>,
     pub entity_id: Option<Uuid>,
-    pub metric: Option<String>,
+    pub metric: Option<Cow<'a, str>>,
     pub ts: Option<DateTime<Utc>>,
 }
 
@@ -67,22 +73,23 @@ pub struct Rows<'a> {
 impl MessageRow<'_> {
     /// Parameter bytes (payload and its text copy dominate).
     pub fn weight(&self) -> usize {
-        96 + self.topic.len() + self.payload.len() + self.payload_text.map_or(0, str::len)
+        96 + self.topic.len() + self.payload.len()
     }
 }
 
 impl RunRow<'_> {
     pub fn weight(&self) -> usize {
-        128 + self.detail.len() + self.metric.as_ref().map_or(0, String::len)
+        128 + self.detail.len() + self.metric.as_ref().map_or(0, |m| m.len())
     }
 }
 
-/// PostgreSQL text cannot hold NUL; anything echoed from outside is cleaned of it.
-pub fn clean(s: &str) -> String {
+/// PostgreSQL text cannot hold NUL; anything echoed from outside is cleaned of it (borrowed,
+/// not copied, when there is none: the usual case).
+pub fn clean(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        s.replace('\0', "\\0")
+        Cow::Owned(s.replace('\0', "\\0"))
     } else {
-        s.to_string()
+        Cow::Borrowed(s)
     }
 }
 
@@ -126,22 +133,20 @@ pub fn encode<'a>(
                     received_at: msg.received_at,
                     topic: clean(&msg.topic),
                     payload: &msg.payload,
-                    payload_text: std::str::from_utf8(&msg.payload)
-                        .ok()
-                        .filter(|s| !s.contains('\0')),
+                    is_text: is_text(&msg.payload),
                     payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
                 },
                 Form::Unstorable(_) => MessageRow {
                     digest: &msg.digest,
                     received_at: msg.received_at,
-                    topic: clean(
-                        &msg.topic
+                    topic: Cow::Owned(
+                        clean(&msg.topic)
                             .chars()
                             .take(UNSTORABLE_TOPIC_CHARS)
-                            .collect::<String>(),
+                            .collect(),
                     ),
                     payload: &[],
-                    payload_text: None,
+                    is_text: false,
                     payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
                 },
             });
@@ -163,10 +168,13 @@ pub fn encode<'a>(
                 element: None,
                 received_at: msg.received_at,
                 reason: Reason::InvalidValue.as_str(),
-                detail: clean(&format!(
-                    "the database refused this message and its rejections, so only this row is \
-                     kept (the payload is not): {why}"
-                )),
+                detail: Cow::Owned(
+                    clean(&format!(
+                        "the database refused this message and its rejections, so only this \
+                         row is kept (the payload is not): {why}"
+                    ))
+                    .into_owned(),
+                ),
                 entity_type: None,
                 entity_id: None,
                 metric: None,
@@ -175,31 +183,29 @@ pub fn encode<'a>(
         }
         return rows;
     }
-    let refused_rejections: Vec<(Rejection, u32)> = refused_rows
-        .iter()
-        .map(|(a, why)| (refused(a, why), a.message))
-        .collect();
-    let all = part
-        .rejected
-        .iter()
-        .map(|r| (&r.rejection, r.message))
-        .chain(refused_rejections.iter().map(|(r, m)| (r, *m)));
-    for (r, m) in all {
-        let Some(msg) = with_message(&mut rows, m) else {
+    for r in part.rejected {
+        let Some(msg) = with_message(&mut rows, r.message) else {
             continue;
         };
+        let j = &r.rejection;
         rows.runs.push(RunRow {
-            digest: &msg.digest,
-            seq: int(r.seq),
-            count: int(r.count.max(1)),
-            element: r.element.map(int),
-            received_at: msg.received_at,
-            reason: r.reason.as_str(),
-            detail: clean(&r.detail),
-            entity_type: r.entity_type.map(|k| k.as_str()),
-            entity_id: r.entity_id,
-            metric: r.metric.as_deref().map(clean),
-            ts: r.ts,
+            detail: clean(&j.detail),
+            metric: j.metric.as_deref().map(clean),
+            ..run_row(msg, j)
+        });
+    }
+    for (a, why) in refused_rows {
+        let Some(msg) = with_message(&mut rows, a.message) else {
+            continue;
+        };
+        let j = refused(a, why);
+        rows.runs.push(RunRow {
+            detail: Cow::Owned(clean(&j.detail).into_owned()),
+            metric: j
+                .metric
+                .as_deref()
+                .map(|m| Cow::Owned(clean(m).into_owned())),
+            ..run_row(msg, &j)
         });
     }
     // Refused readings come after the validator's rejections of other messages; one row per
@@ -207,6 +213,29 @@ pub fn encode<'a>(
     rows.messages.sort_by(|a, b| a.digest.cmp(b.digest));
     rows.messages.dedup_by(|a, b| a.digest == b.digest);
     rows
+}
+
+/// A run's row but for its texts (detail and metric, which the caller cleans and borrows or
+/// owns).
+fn run_row<'a>(msg: &'a Message, r: &Rejection) -> RunRow<'a> {
+    RunRow {
+        digest: &msg.digest,
+        seq: int(r.seq),
+        count: int(r.count.max(1)),
+        element: r.element.map(int),
+        received_at: msg.received_at,
+        reason: r.reason.as_str(),
+        detail: Cow::Borrowed(""),
+        entity_type: r.entity_type.map(|k| k.as_str()),
+        entity_id: r.entity_id,
+        metric: None,
+        ts: r.ts,
+    }
+}
+
+/// Whether the database keeps a text copy of the payload: UTF-8 without NUL.
+pub fn is_text(payload: &[u8]) -> bool {
+    std::str::from_utf8(payload).is_ok_and(|s| !s.contains('\0'))
 }
 
 /// `items` cut into consecutive chunks of at most [`CHUNK_ROWS`] items and about

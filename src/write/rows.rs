@@ -137,23 +137,25 @@ pub async fn insert_rejections(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<
 async fn insert_messages(tx: &Transaction<'_>, rows: &[MessageRow<'_>]) -> Result<u64, WriteError> {
     let digest: Vec<&[u8]> = rows.iter().map(|r| r.digest).collect();
     let received_at: Vec<_> = rows.iter().map(|r| r.received_at).collect();
-    let topic: Vec<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    let topic: Vec<&str> = rows.iter().map(|r| r.topic.as_ref()).collect();
     let payload: Vec<&[u8]> = rows.iter().map(|r| r.payload).collect();
-    let payload_text: Vec<Option<&str>> = rows.iter().map(|r| r.payload_text).collect();
+    let is_text: Vec<bool> = rows.iter().map(|r| r.is_text).collect();
     let payload_size: Vec<i32> = rows.iter().map(|r| r.payload_size).collect();
+    // The text copy is made here from the bytes (checked UTF-8 without NUL), not sent twice.
     Ok(tx
         .execute(
             "INSERT INTO rejected_messages (message_digest, received_at, topic, payload,
                  payload_text, payload_size)
-             SELECT * FROM unnest($1::bytea[], $2::timestamptz[], $3::text[], $4::bytea[],
-                                  $5::text[], $6::int4[])
+             SELECT d, r, t, p, CASE WHEN x THEN convert_from(p, 'UTF8') END, s
+             FROM unnest($1::bytea[], $2::timestamptz[], $3::text[], $4::bytea[], $5::bool[],
+                         $6::int4[]) AS u(d, r, t, p, x, s)
              ON CONFLICT (message_digest) DO NOTHING",
             &[
                 &digest,
                 &received_at,
                 &topic,
                 &payload,
-                &payload_text,
+                &is_text,
                 &payload_size,
             ],
         )
@@ -167,7 +169,7 @@ async fn insert_runs(tx: &Transaction<'_>, rows: &[RunRow<'_>]) -> Result<u64, W
     let element: Vec<Option<i32>> = rows.iter().map(|r| r.element).collect();
     let received_at: Vec<_> = rows.iter().map(|r| r.received_at).collect();
     let reason: Vec<&str> = rows.iter().map(|r| r.reason).collect();
-    let detail: Vec<&str> = rows.iter().map(|r| r.detail.as_str()).collect();
+    let detail: Vec<&str> = rows.iter().map(|r| r.detail.as_ref()).collect();
     let entity_type: Vec<Option<&str>> = rows.iter().map(|r| r.entity_type).collect();
     let entity_id: Vec<_> = rows.iter().map(|r| r.entity_id).collect();
     let metric: Vec<Option<&str>> = rows.iter().map(|r| r.metric.as_deref()).collect();
