@@ -15,10 +15,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{AdminState, ApiError, JsonObject, json_type};
+use crate::db::pg_error_message;
 
 /// Rows per page of a list when `limit` is not given.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -28,9 +30,13 @@ pub const MAX_LIMIT: i64 = 1000;
 /// The type of a column, as far as validation and casting need to know.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    /// `text`; `non_empty`: the schema CHECKs `length(btrim(x)) > 0`.
+    /// `text`; `non_empty`: the schema CHECKs `length(btrim(x)) > 0`. `max_chars`: at most
+    /// that many characters (Unicode code points: PostgreSQL's `char_length`, JSON Schema's
+    /// `maxLength`); the schema's copy is a `{table}_{column}_length` CHECK of
+    /// `migrations/0005_text_limits.sql` (an integration test compares the two).
     Text {
         non_empty: bool,
+        max_chars: usize,
     },
     /// `uuid`; `refers_to`: the table of a foreign key (such columns are list filters).
     Uuid {
@@ -155,11 +161,26 @@ impl Table {
     }
 }
 
-const fn text() -> Kind {
-    Kind::Text { non_empty: false }
+/// Text limits, in characters. Names, titles, external ids and codes sit in unique indexes,
+/// where PostgreSQL refuses an entry of more than about 2,700 bytes: 200 characters of up to
+/// 4 bytes each stay well below that.
+pub const NAME_MAX_CHARS: usize = 200;
+/// Short identifiers: a time zone (the longest IANA name has 32 characters), a currency code.
+pub const CODE_MAX_CHARS: usize = 64;
+/// Free text: descriptions.
+pub const TEXT_MAX_CHARS: usize = 10_000;
+
+const fn text(max_chars: usize) -> Kind {
+    Kind::Text {
+        non_empty: false,
+        max_chars,
+    }
 }
-const fn name_text() -> Kind {
-    Kind::Text { non_empty: true }
+const fn name_text(max_chars: usize) -> Kind {
+    Kind::Text {
+        non_empty: true,
+        max_chars,
+    }
 }
 const fn fk(table: &'static str) -> Kind {
     Kind::Uuid {
@@ -245,8 +266,8 @@ pub static TABLES: &[Table] = &[
         rules: &[],
         columns: &[
             ID,
-            Column::new("name", name_text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -262,12 +283,12 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("portfolio_id", fk("portfolios")).required(),
-            Column::new("name", name_text()).required(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
             Column::new(
                 "industry_type",
                 enumeration("industry_type_enum", INDUSTRY_TYPE),
             ),
-            Column::new("location", text()).nullable(),
+            Column::new("location", text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "latitude",
                 Kind::Float {
@@ -284,7 +305,7 @@ pub static TABLES: &[Table] = &[
                 },
             )
             .nullable(),
-            Column::new("timezone", text()),
+            Column::new("timezone", text(CODE_MAX_CHARS)),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -300,8 +321,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "category",
                 enumeration("meter_category_enum", METER_CATEGORY),
@@ -311,7 +332,7 @@ pub static TABLES: &[Table] = &[
                 "reading_frequency",
                 enumeration("reading_frequency_enum", READING_FREQUENCY),
             ),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -326,9 +347,9 @@ pub static TABLES: &[Table] = &[
         rules: &[],
         columns: &[
             ID,
-            Column::new("code", name_text()).required(),
-            Column::new("name", text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("code", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("name", text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -348,13 +369,13 @@ pub static TABLES: &[Table] = &[
             Column::new("meter_id", fk("meters")).required(),
             Column::new("parent_asset_id", fk("assets")).nullable(),
             Column::new("asset_type_id", fk("asset_types")).nullable(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
-            Column::new("equipment", text()).nullable(),
-            Column::new("manufacturer", text()).nullable(),
-            Column::new("model", text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
+            Column::new("equipment", text(NAME_MAX_CHARS)).nullable(),
+            Column::new("manufacturer", text(NAME_MAX_CHARS)).nullable(),
+            Column::new("model", text(NAME_MAX_CHARS)).nullable(),
             Column::new("rated_power_kw", float_min0()).nullable(),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -381,7 +402,7 @@ pub static TABLES: &[Table] = &[
             )
             .required(),
             Column::new("direction", enumeration("direction_enum", DIRECTION)),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -397,8 +418,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("meter_id", fk("meters")).required(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "kind",
                 enumeration("energy_source_kind_enum", ENERGY_SOURCE_KIND),
@@ -407,7 +428,7 @@ pub static TABLES: &[Table] = &[
             Column::new("capacity_kw", float_min0()).nullable(),
             Column::new("storage_capacity_kwh", float_min0()).nullable(),
             Column::new("carbon_intensity_g_per_kwh", float_min0()).nullable(),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -423,10 +444,10 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("name", name_text()).required(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
             Column::new("direction", enumeration("direction_enum", DIRECTION)).required(),
             Column::new("capacity_kw", float_min0()).nullable(),
-            Column::new("provider", text()).nullable(),
+            Column::new("provider", text(NAME_MAX_CHARS)).nullable(),
             Column::new("tariff_structure", Kind::Object),
             METADATA,
             ACTIVE,
@@ -443,8 +464,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("title", name_text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("title", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             Column::new(
                 "category",
                 enumeration("recommendation_category_enum", RECOMMENDATION_CATEGORY),
@@ -455,7 +476,7 @@ pub static TABLES: &[Table] = &[
                 enumeration("recommendation_status_enum", RECOMMENDATION_STATUS),
             ),
             Column::new("estimated_savings_per_year", float_min0()).nullable(),
-            Column::new("currency", name_text()),
+            Column::new("currency", name_text(CODE_MAX_CHARS)),
             Column::new("investment_cost", float_min0()).nullable(),
             Column::new(
                 "roi_percent",
@@ -474,6 +495,17 @@ pub static TABLES: &[Table] = &[
         ],
     },
 ];
+
+/// The most characters `table.column` may hold, when it is a text column of [`TABLES`]. The one
+/// declaration of each limit: the API's checks, its OpenAPI `maxLength` and `provision`'s checks
+/// all read it from here.
+pub fn max_chars(table: &str, column: &str) -> Option<usize> {
+    let t = TABLES.iter().find(|t| t.name == table)?;
+    match t.column(column)?.kind {
+        Kind::Text { max_chars, .. } => Some(max_chars),
+        _ => None,
+    }
+}
 
 /// Named constraints whose column or rule a client should see: `(constraint, field, rule)`.
 /// Constraints with PostgreSQL's default names (`meters_site_id_fkey`) need no entry.
@@ -586,7 +618,17 @@ fn to_param(col: &Column, v: &Value) -> Result<Param, ApiError> {
     }
     let expected = |what: &str| bad(format!("must be {what}, got {}", json_type(v)));
     let text = match (col.kind, v) {
-        (Kind::Text { non_empty }, Value::String(s)) => {
+        (
+            Kind::Text {
+                non_empty,
+                max_chars,
+            },
+            Value::String(s),
+        ) => {
+            let n = s.chars().count();
+            if n > max_chars {
+                return bad(format!("must be at most {max_chars} characters, got {n}"));
+            }
             if s.contains('\0') {
                 return bad("must not contain NUL characters".into());
             }
@@ -787,7 +829,10 @@ async fn list(
         .query(&sql, &as_sql_params(&args))
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    let mut items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let mut items = rows
+        .iter()
+        .map(|r| row_json(t, r))
+        .collect::<Result<Vec<Value>, ApiError>>()?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().and_then(|row| row.get("id")).cloned()
@@ -814,7 +859,19 @@ async fn fetch(
         )
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    row.map(|r| Json(r.get(0))).ok_or_else(|| not_found(t, &id))
+    let row = row.ok_or_else(|| not_found(t, &id))?;
+    Ok(Json(row_json(t, &row)?))
+}
+
+/// Column 0 of `row`, a `to_jsonb(t)`, as JSON. Every number the API writes reads back (see the
+/// `float_roundtrip` feature in Cargo.toml), but another writer can store a jsonb number beyond
+/// f64 (`1e400`): such a row is a logged 500, never a panic. Writers call this before COMMIT,
+/// so the failure rolls their write back.
+fn row_json(t: &Table, row: &Row) -> Result<Value, ApiError> {
+    row.try_get(0).map_err(|e| {
+        tracing::error!(table = t.name, error = %pg_error_message(&e), "admin API: a row cannot be read as JSON");
+        ApiError::internal()
+    })
 }
 
 /// The cross-column rules that can be checked from the request alone.
@@ -865,12 +922,19 @@ async fn create(
             values.join(", ")
         )
     };
-    let client = state.db.get().await?;
-    let row = client
+    let mut client = state.db.get().await?;
+    // The row is read back before COMMIT: if that fails, nothing was written.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    let row = tx
         .query_one(&sql, &as_sql_params(&args))
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    Ok((StatusCode::CREATED, Json(row.get::<_, Value>(0))).into_response())
+    let row = row_json(t, &row)?;
+    tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
+    Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
 async fn update(
@@ -935,7 +999,8 @@ async fn update(
             )
             .await
             .map_err(|e| ApiError::from_pg(&e))?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| ApiError::from_pg(&e))?;
         if cyclic {
             return Err(ApiError::bad_request(
                 *column,
@@ -948,8 +1013,10 @@ async fn update(
         .await
         .map_err(|e| ApiError::from_pg(&e))?
         .ok_or_else(|| not_found(t, &id))?;
+    // Read back before COMMIT, as in create.
+    let row = row_json(t, &row)?;
     tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
-    Ok(Json(row.get(0)))
+    Ok(Json(row))
 }
 
 async fn delete(
@@ -973,9 +1040,10 @@ async fn delete(
             }
         }
     }
-    let client = state.db.get().await?;
+    let mut client = state.db.get().await?;
     if hard {
-        // ON DELETE CASCADE removes the subtree in the same statement.
+        // ON DELETE CASCADE removes the subtree in the same statement; nothing is read after
+        // it, so the statement's own transaction is enough.
         let n = client
             .execute(
                 &format!("DELETE FROM {} WHERE id = $1::text::uuid", t.name),
@@ -989,7 +1057,12 @@ async fn delete(
             Ok(StatusCode::NO_CONTENT.into_response())
         };
     }
-    let row = client
+    // Read back before COMMIT, as in create.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    let row = tx
         .query_opt(
             &format!(
                 "UPDATE {} AS t SET active = false WHERE t.id = $1::text::uuid
@@ -1001,7 +1074,9 @@ async fn delete(
         .await
         .map_err(|e| ApiError::from_pg(&e))?
         .ok_or_else(|| not_found(t, &id))?;
-    Ok(Json(row.get::<_, Value>(0)).into_response())
+    let row = row_json(t, &row)?;
+    tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
+    Ok(Json(row).into_response())
 }
 
 // ---- OpenAPI -------------------------------------------------------------------------------
@@ -1020,8 +1095,11 @@ fn schema_name(t: &Table) -> String {
 
 fn column_schema(col: &Column) -> Value {
     let mut s = match col.kind {
-        Kind::Text { non_empty } => {
-            let mut s = json!({"type": "string"});
+        Kind::Text {
+            non_empty,
+            max_chars,
+        } => {
+            let mut s = json!({"type": "string", "maxLength": max_chars});
             if non_empty {
                 s["pattern"] = json!("\\S");
             }
@@ -1351,6 +1429,26 @@ mod tests {
             ("name", json!(null), Err("must not be null")),
             ("name", json!(5), Err("must be a string")),
             ("name", json!("a\u{0}b"), Err("NUL")),
+            (
+                "name",
+                json!("é".repeat(200)),
+                Ok(Some(&*"é".repeat(200).leak())),
+            ),
+            (
+                "name",
+                json!("é".repeat(201)),
+                Err("must be at most 200 characters, got 201"),
+            ),
+            (
+                "description",
+                json!("x".repeat(10_001)),
+                Err("must be at most 10000 characters"),
+            ),
+            (
+                "timezone",
+                json!("Z".repeat(65)),
+                Err("at most 64 characters"),
+            ),
             ("description", json!(null), Ok(None)),
             ("site_id", json!("not-a-uuid"), Err("is not a UUID")),
             (
