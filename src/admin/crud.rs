@@ -9,7 +9,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -736,10 +736,14 @@ fn as_sql_params(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
-fn parse_id(raw: &str) -> Result<String, ApiError> {
-    Uuid::parse_str(raw)
+/// The `{id}` of a path, as a canonical UUID. One that is not even text (bad percent-encoding,
+/// invalid UTF-8) gets the same JSON 400 as any other non-UUID, not axum's plain-text one.
+fn parse_id(raw: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(raw) =
+        raw.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
+    Uuid::parse_str(&raw)
         .map(|id| id.to_string())
-        .map_err(|_| ApiError::bad_request("id", format!("{} is not a UUID", quote(raw))))
+        .map_err(|_| ApiError::bad_request("id", format!("{} is not a UUID", quote(&raw))))
 }
 
 fn not_found(t: &Table, id: &str) -> ApiError {
@@ -845,9 +849,9 @@ async fn list(
 async fn fetch(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let client = state.db.get().await?;
     let row = client
         .query_opt(
@@ -940,14 +944,14 @@ async fn create(
 async fn update(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let params = body_params(t, &body, false)?;
     check_distinct(t, &params)?;
     if params.is_empty() {
-        return fetch(State(state), t, Path(id)).await;
+        return fetch(State(state), t, Ok(Path(id))).await;
     }
     let mut args: Vec<Param> = Vec::new();
     let mut sets = Vec::new();
@@ -1022,10 +1026,10 @@ async fn update(
 async fn delete(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let mut hard = false;
     for (key, raw) in query_pairs(q)? {
         match (key.as_str(), raw.as_str()) {
@@ -1099,11 +1103,14 @@ fn column_schema(col: &Column) -> Value {
             non_empty,
             max_chars,
         } => {
-            let mut s = json!({"type": "string", "maxLength": max_chars});
-            if non_empty {
-                s["pattern"] = json!("\\S");
-            }
-            s
+            // No NUL anywhere (PostgreSQL text cannot hold it); a name also needs one
+            // character that is not white space.
+            let pattern = if non_empty {
+                "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+            } else {
+                "^[^\\u0000]*$"
+            };
+            json!({"type": "string", "maxLength": max_chars, "pattern": pattern})
         }
         Kind::Uuid { refers_to } => {
             let mut s = json!({"type": "string", "format": "uuid"});
@@ -1149,8 +1156,10 @@ fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-/// One operation: its successful responses plus references to the shared error responses.
+/// One operation: its successful responses plus references to the shared error responses. Every
+/// operation can also answer 401 (the token) and 500 (a bug, caught by the panic layer).
 fn operation(
+    id: String,
     summary: String,
     parameters: Vec<Value>,
     body: Option<Value>,
@@ -1161,11 +1170,13 @@ fn operation(
         .iter()
         .map(|(code, r)| (code.to_string(), r.clone()))
         .collect();
-    for code in errors {
+    for code in errors.iter().chain(&["401", "500"]) {
         let reference = json!({"$ref": format!("#/components/responses/{code}")});
         responses.insert(code.to_string(), reference);
     }
-    let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses});
+    let mut op = json!({
+        "operationId": id, "summary": summary, "parameters": parameters, "responses": responses,
+    });
     if let Some(schema) = body {
         op["requestBody"] =
             json!({"required": true, "content": {"application/json": {"schema": schema}}});
@@ -1173,8 +1184,82 @@ fn operation(
     op
 }
 
+/// The path of an entity's readings, for the tables that have them.
+fn measurements_path(t: &Table) -> Option<&'static str> {
+    ["meters", "assets", "energy-sources"]
+        .into_iter()
+        .find(|p| *p == t.path)
+}
+
+/// OpenAPI links from the row a create returns to what can be done with it: get, patch and
+/// delete it, read its readings, list and create the rows that refer to it. They document
+/// the API's shape, and they let a stateful tester (schemathesis) build real hierarchies
+/// instead of guessing ids.
+fn create_links(t: &Table) -> Value {
+    let name = schema_name(t);
+    let by_id = json!({"id": "$response.body#/id"});
+    let mut links = Map::new();
+    for verb in ["get", "update", "delete"] {
+        links.insert(
+            format!("{verb}{name}"),
+            json!({"operationId": format!("{verb}{name}"), "parameters": by_id}),
+        );
+    }
+    if measurements_path(t).is_some() {
+        links.insert(
+            format!("get{name}Measurements"),
+            json!({"operationId": format!("get{name}Measurements"), "parameters": by_id}),
+        );
+    }
+    for child in TABLES {
+        for col in child.columns {
+            if !matches!(col.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name) {
+                continue;
+            }
+            let child_name = schema_name(child);
+            let via = if child
+                .columns
+                .iter()
+                .filter(|c| matches!(c.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name))
+                .count()
+                > 1
+            {
+                format!("By{}", schema_name_of(col.name))
+            } else {
+                String::new()
+            };
+            let value = json!("$response.body#/id");
+            links.insert(
+                format!("list{child_name}s{via}"),
+                json!({"operationId": format!("list{child_name}s"), "parameters": {format!("query.{}", col.name): value}}),
+            );
+            if !child.read_only {
+                links.insert(
+                    format!("create{child_name}{via}"),
+                    json!({"operationId": format!("create{child_name}"), "requestBody": {col.name: value}}),
+                );
+            }
+        }
+    }
+    Value::Object(links)
+}
+
+/// `source_asset_id` → `SourceAssetId`.
+fn schema_name_of(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
-    let row = json!({"$ref": format!("#/components/schemas/{}", schema_name(t))});
+    let name = schema_name(t);
+    let row = json!({"$ref": format!("#/components/schemas/{name}")});
     let id = param(
         "id",
         "path",
@@ -1196,7 +1281,11 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
                 writable: true,
                 ..*c
             };
-            param(c.name, "query", column_schema(&plain), desc)
+            let mut schema = column_schema(&plain);
+            if c.nullable {
+                schema = json!({"anyOf": [schema, {"type": "string", "enum": ["null"]}]});
+            }
+            param(c.name, "query", schema, desc)
         })
         .collect();
     filters.push(param(
@@ -1208,7 +1297,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
     filters.push(param(
         "cursor",
         "query",
-        json!({"type": "string"}),
+        json!({"type": "string", "format": "uuid"}),
         "`next_cursor` of the previous page",
     ));
     let page = json!({
@@ -1219,18 +1308,20 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
         },
     });
     let mut collection = json!({"get": operation(
+        format!("list{name}s"),
         format!("List {}s, ordered by id", t.noun),
         filters,
         None,
         &[("200", json_response("a page", page))],
-        &["400", "401", "503"],
+        &["400", "503"],
     )});
     let mut item = json!({"get": operation(
+        format!("get{name}"),
         format!("Get a {}", t.noun),
         vec![id.clone()],
         None,
         &[("200", json_response("the row", row.clone()))],
-        &["400", "401", "404", "503"],
+        &["400", "404", "503"],
     )});
     if !t.read_only {
         let required: Vec<&str> = t
@@ -1239,14 +1330,18 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             .filter(|c| c.required)
             .map(|c| c.name)
             .collect();
+        let mut created = json_response("the new row", row.clone());
+        created["links"] = create_links(t);
         collection["post"] = operation(
+            format!("create{name}"),
             format!("Create a {}", t.noun),
             vec![],
             Some(json!({"allOf": [row, {"required": required}]})),
-            &[("201", json_response("the new row", row.clone()))],
-            &["400", "401", "409", "413", "415", "503"],
+            &[("201", created)],
+            &["400", "409", "413", "415", "503"],
         );
         item["patch"] = operation(
+            format!("update{name}"),
             format!(
                 "Update the given fields of a {}; `null` clears a nullable field",
                 t.noun
@@ -1254,7 +1349,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             vec![id.clone()],
             Some(row.clone()),
             &[("200", json_response("the updated row", row.clone()))],
-            &["400", "401", "404", "409", "413", "415", "503"],
+            &["400", "404", "409", "413", "415", "503"],
         );
         let hard = param(
             "hard",
@@ -1263,6 +1358,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             "delete the row and, by cascade, everything under it",
         );
         item["delete"] = operation(
+            format!("delete{name}"),
             format!("Deactivate a {} (active = false), or delete it", t.noun),
             vec![id, hard],
             None,
@@ -1270,7 +1366,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
                 ("200", json_response("deactivated: the row", row)),
                 ("204", json!({"description": "deleted (hard=true)"})),
             ],
-            &["400", "401", "404", "503"],
+            &["400", "404", "503"],
         );
     }
     paths.insert(format!("/api/v1/{}", t.path), collection);
@@ -1281,17 +1377,22 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
 fn read_paths(paths: &mut Map<String, Value>) {
     let object = json!({"type": "object"});
     let time = json!({"type": "string", "format": "date-time"});
-    let string = json!({"type": "string"});
+    let metrics: Vec<&str> = crate::catalogue::ALL.iter().map(|m| m.name).collect();
+    let reasons: Vec<&str> = crate::model::Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
     let limit = |default: i64| {
         let schema = json!({"type": "integer", "minimum": 1, "maximum": 10000, "default": default});
         param("limit", "query", schema, "")
     };
-    for (path, noun) in [
-        ("meters", "meter"),
-        ("assets", "asset"),
-        ("energy-sources", "energy source"),
-    ] {
+    for t in TABLES {
+        let Some(path) = measurements_path(t) else {
+            continue;
+        };
+        let noun = t.noun;
         let get = operation(
+            format!("get{}Measurements", schema_name(t)),
             format!("Readings of a {noun}: raw, or per bucket (avg, min, max, last, count)"),
             vec![
                 param(
@@ -1303,7 +1404,7 @@ fn read_paths(paths: &mut Map<String, Value>) {
                 param(
                     "metric",
                     "query",
-                    string.clone(),
+                    json!({"type": "string", "enum": metrics}),
                     "a metric of the catalogue",
                 ),
                 param("from", "query", time.clone(), "default: 24 h before `to`"),
@@ -1311,14 +1412,14 @@ fn read_paths(paths: &mut Map<String, Value>) {
                 param(
                     "bucket",
                     "query",
-                    string.clone(),
-                    "30s, 15m, 1h, 1d…; absent: raw",
+                    json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+                    "30s, 15m, 1h, 1d… (1 s to 31 d; a bare number is seconds); absent: raw",
                 ),
                 limit(1000),
             ],
             None,
             &[("200", json_response("readings or buckets", object.clone()))],
-            &["400", "401", "404", "503"],
+            &["400", "404", "503"],
         );
         paths.insert(
             format!("/api/v1/{path}/{{id}}/measurements"),
@@ -1326,12 +1427,13 @@ fn read_paths(paths: &mut Map<String, Value>) {
         );
     }
     let get = operation(
+        "listRejections".into(),
         "Recent rejected readings, newest first".into(),
         vec![
             param(
                 "reason",
                 "query",
-                string,
+                json!({"type": "string", "enum": reasons}),
                 "a rejection reason (CONTRACT.md §4)",
             ),
             param("since", "query", time, "default: 24 h ago"),
@@ -1339,7 +1441,7 @@ fn read_paths(paths: &mut Map<String, Value>) {
         ],
         None,
         &[("200", json_response("rejections", object))],
-        &["400", "401", "503"],
+        &["400", "503"],
     );
     paths.insert("/api/v1/rejections".into(), json!({"get": get}));
 }
@@ -1361,10 +1463,18 @@ pub fn openapi() -> Value {
         );
     }
     read_paths(&mut paths);
-    paths.insert(
-        "/api/v1/openapi.json".into(),
-        json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}),
+    let this = operation(
+        "getOpenApi".into(),
+        "This document".into(),
+        vec![],
+        None,
+        &[(
+            "200",
+            json_response("OpenAPI 3.1", json!({"type": "object"})),
+        )],
+        &[],
     );
+    paths.insert("/api/v1/openapi.json".into(), json!({ "get": this }));
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
@@ -1397,6 +1507,7 @@ pub fn openapi() -> Value {
                 "409": error("a unique key (external_id, name) is taken"),
                 "413": error("body over 1 MiB"),
                 "415": error("Content-Type is not application/json"),
+                "500": error("an internal error (a bug, or a row another writer stored that the API cannot read); the cause is in the server log"),
                 "503": error("the database is unavailable"),
             },
         },
@@ -1511,5 +1622,61 @@ mod tests {
             assert_eq!(item["patch"].is_object(), !t.read_only, "{}", t.path);
         }
         assert!(doc["components"]["schemas"]["AssetConnection"].is_object());
+    }
+
+    /// Every operation has a unique id, and every link names an existing operation and only
+    /// parameters (or body fields) that operation has.
+    #[test]
+    fn openapi_links_point_at_real_operations_and_parameters() {
+        let doc = openapi();
+        let mut operations: Map<String, Value> = Map::new();
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                let id = op["operationId"].as_str().expect("an operationId");
+                assert!(
+                    operations.insert(id.to_string(), op.clone()).is_none(),
+                    "{id} twice"
+                );
+            }
+        }
+        let mut links = 0;
+        for op in operations.values() {
+            let Some(created) = op["responses"]["201"].as_object() else {
+                continue;
+            };
+            for (name, link) in created["links"].as_object().expect("links") {
+                let target = &operations[link["operationId"].as_str().expect("operationId")];
+                for key in link["parameters"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    let (location, param) = key.split_once('.').unwrap_or(("path", key));
+                    let found = target["parameters"]
+                        .as_array()
+                        .expect("parameters")
+                        .iter()
+                        .any(|p| p["name"] == param && p["in"] == location);
+                    assert!(found, "{name}: {key}");
+                }
+                if let Some(body) = link["requestBody"].as_object() {
+                    let schema = &target["requestBody"]["content"]["application/json"]["schema"];
+                    let table = schema["allOf"][0]["$ref"]
+                        .as_str()
+                        .and_then(|r| r.rsplit('/').next())
+                        .expect("a row schema");
+                    for field in body.keys() {
+                        assert!(
+                            doc["components"]["schemas"][table]["properties"][field].is_object(),
+                            "{name}: {field}"
+                        );
+                    }
+                }
+                links += 1;
+            }
+        }
+        // Each table links to its own get, update, delete; parents to their children.
+        assert!(links > 40, "{links} links");
     }
 }

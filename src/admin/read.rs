@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use chrono::{DateTime, Duration, Utc};
@@ -104,10 +104,13 @@ fn table(kind: EntityKind) -> &'static str {
 async fn measurements(
     State(state): State<AdminState>,
     kind: EntityKind,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<MeasurementQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
+    // Not even text (invalid UTF-8): the same JSON 400 as any other non-UUID.
+    let Path(id) =
+        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))?;
     let to = parse_time("to", &q.to)?.unwrap_or_else(|| Utc::now() + Duration::minutes(5));

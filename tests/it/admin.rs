@@ -588,6 +588,11 @@ async fn invalid_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
         ("PATCH /api/v1/meters/123".into(), json!({"name": "x"}), "400 invalid id"),
         (format!("GET /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
         ("GET /api/v1/meters/123".into(), no_body.clone(), "400 invalid id"),
+        // Not UTF-8 at all: still the JSON error, not axum's plain-text one.
+        ("GET /api/v1/meters/%FF".into(), no_body.clone(), "400 invalid id"),
+        ("PATCH /api/v1/meters/%FF".into(), json!({"name": "x"}), "400 invalid id"),
+        ("DELETE /api/v1/meters/%FF".into(), no_body.clone(), "400 invalid id"),
+        ("GET /api/v1/meters/%FF/measurements".into(), no_body.clone(), "400 invalid id"),
         (format!("DELETE /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
         (format!("DELETE {meter_path}?hard=yes"), no_body.clone(), "400 invalid hard"),
         (format!("DELETE {meter_path}?force=true"), no_body.clone(), "400 invalid force"),
