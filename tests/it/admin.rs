@@ -951,6 +951,16 @@ async fn the_largest_numbers_in_metadata_are_stored_and_read_back() {
         .await;
     assert_eq!(patched.status, 200, "{patched:?}");
     assert_eq!(patched.json()["metadata"]["min"].as_f64(), Some(f64::MIN));
+    // Beyond f64 is not a number the API takes: a 400 for the body, nothing written.
+    let post = format!(
+        "POST /api/v1/portfolios HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json"
+    );
+    let msg = api
+        .raw(&post, br#"{"name": "Beyond", "metadata": {"x": -1e400}}"#)
+        .await
+        .assert_error(400, "invalid", Some("body"));
+    assert!(msg.contains("number out of range"), "{msg}");
+    assert_eq!(counts(&api.db().await).await["portfolios"], 1);
 }
 
 /// `to_jsonb` of a float8 column goes through numeric, with the same full-digit printing.
