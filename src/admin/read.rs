@@ -9,9 +9,11 @@ use axum::routing::get;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{AdminState, ApiError};
+use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
 
 /// Routes under `/api/v1`, merged into the admin router (and so behind its token).
@@ -172,7 +174,7 @@ async fn measurements(
         }
     }
     .map_err(|e| ApiError::from_pg(&e))?;
-    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let items = json_rows(&rows)?;
     Ok(Json(json!({
         "entity_type": kind.as_str(),
         "entity_id": id,
@@ -221,8 +223,21 @@ async fn rejections(
         )
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let items = json_rows(&rows)?;
     Ok(Json(json!({ "since": since, "items": items })))
+}
+
+/// Column 0 of each row, a `jsonb_build_object`, as JSON. Rows can come from other writers (a
+/// jsonb number beyond f64 does not decode): a logged 500, never a panic.
+fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
+    rows.iter()
+        .map(|r| {
+            r.try_get(0).map_err(|e| {
+                tracing::error!(error = %pg_error_message(&e), "admin API: a row cannot be read as JSON");
+                ApiError::internal()
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1272,3 +1272,36 @@ async fn a_panic_in_a_handler_is_a_json_500_not_a_dropped_connection() {
     }
     assert_eq!(api.get("/api/v1/portfolios").await.status, 200);
 }
+
+/// The read side decodes rows with `try_get` too. A server with the legacy
+/// `extra_float_digits = 0` prints f64::MAX rounded to 15 digits, past f64's range, so the row
+/// cannot be decoded: a JSON 500 (and a log line), never a dropped connection.
+#[tokio::test]
+async fn readings_the_api_cannot_decode_are_a_json_500() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let ids = support::insert_hierarchy(&client).await;
+    client
+        .execute(
+            "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit)
+             VALUES ('meter', $1, 'power', now() - interval '1 minute', $2, 'kW')",
+            &[&ids.meter, &f64::MAX],
+        )
+        .await
+        .expect("a reading");
+    let api = Api::start_with(&db, TOKEN).await;
+    let path = format!("/api/v1/meters/{}/measurements", ids.meter);
+    let ok = api.get(&path).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["items"][0]["value"].as_f64(), Some(f64::MAX));
+    // New connections of the pool get the setting; the ones already open keep theirs.
+    client
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0',
+                                        current_database()); END $$",
+        )
+        .await
+        .expect("legacy float output");
+    let legacy = Api::start_with(&db, TOKEN).await;
+    legacy.get(&path).await.assert_error(500, "internal", None);
+}
