@@ -1085,16 +1085,9 @@ async fn delete(
 
 // ---- OpenAPI -------------------------------------------------------------------------------
 
-fn schema_name(t: &Table) -> String {
-    t.noun
-        .split(' ')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
+/// The OpenAPI schema name of a table's rows: "asset connection" → "AssetConnection".
+pub fn schema_name(t: &Table) -> String {
+    pascal_case(t.noun, ' ')
 }
 
 fn column_schema(col: &Column) -> Value {
@@ -1211,20 +1204,15 @@ fn create_links(t: &Table) -> Value {
             json!({"operationId": format!("get{name}Measurements"), "parameters": by_id}),
         );
     }
+    let refers_here =
+        |c: &&Column| matches!(c.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name);
     for child in TABLES {
-        for col in child.columns {
-            if !matches!(col.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name) {
-                continue;
-            }
-            let child_name = schema_name(child);
-            let via = if child
-                .columns
-                .iter()
-                .filter(|c| matches!(c.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name))
-                .count()
-                > 1
-            {
-                format!("By{}", schema_name_of(col.name))
+        let refs: Vec<&Column> = child.columns.iter().filter(refers_here).collect();
+        let child_name = schema_name(child);
+        for col in &refs {
+            // Two references to this table (a connection's source and target): a link each.
+            let via = if refs.len() > 1 {
+                format!("By{}", pascal_case(col.name, '_'))
             } else {
                 String::new()
             };
@@ -1244,10 +1232,10 @@ fn create_links(t: &Table) -> Value {
     Value::Object(links)
 }
 
-/// `source_asset_id` → `SourceAssetId`.
-fn schema_name_of(snake: &str) -> String {
-    snake
-        .split('_')
+/// `source_asset_id` → `SourceAssetId` (with `_`), `asset connection` → `AssetConnection`.
+fn pascal_case(words: &str, separator: char) -> String {
+    words
+        .split(separator)
         .map(|w| {
             let mut c = w.chars();
             c.next()

@@ -1053,7 +1053,7 @@ async fn text_limits_agree_between_the_api_the_schema_and_the_openapi_document()
                 Some(format!("CHECK ((char_length({column}) <= {max}))").as_str()),
                 "{what}"
             );
-            let schema = &doc["components"]["schemas"][crud_schema_name(t)]["properties"][&column];
+            let schema = &doc["components"]["schemas"][crud::schema_name(t)]["properties"][&column];
             assert_eq!(schema["maxLength"], max, "{what}: {schema}");
             checked += 1;
         }
@@ -1080,15 +1080,6 @@ async fn text_limits_agree_between_the_api_the_schema_and_the_openapi_document()
         err.as_db_error().and_then(|e| e.constraint()),
         Some("portfolios_name_length")
     );
-}
-
-/// The OpenAPI schema name of a table, as the document spells it ("asset connection" →
-/// "AssetConnection").
-fn crud_schema_name(t: &crud::Table) -> String {
-    t.noun
-        .split(' ')
-        .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
-        .collect()
 }
 
 /// Every text column's limit over the API: at the limit it is stored, one character more is a
