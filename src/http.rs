@@ -205,6 +205,8 @@ pub async fn serve(
             db: db.clone(),
             link,
         })
+        // A panic is a JSON 500, not a dropped connection; the admin router has its own.
+        .route_layer(crate::admin::catch_panic())
         .merge(crate::admin::router(
             crate::admin::AdminState { db },
             admin_token.to_string(),

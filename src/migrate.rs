@@ -30,6 +30,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_measurements"),
     migration!(3, "0003_registry_notify"),
     migration!(4, "0004_rejected_messages"),
+    migration!(5, "0005_text_limits"),
 ];
 
 /// Held for the whole run, so a second migrator waits instead of racing. Arbitrary, fixed.

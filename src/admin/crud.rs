@@ -9,16 +9,18 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::{AdminState, ApiError, JsonObject, json_type};
+use crate::db::pg_error_message;
 
 /// Rows per page of a list when `limit` is not given.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -28,9 +30,13 @@ pub const MAX_LIMIT: i64 = 1000;
 /// The type of a column, as far as validation and casting need to know.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    /// `text`; `non_empty`: the schema CHECKs `length(btrim(x)) > 0`.
+    /// `text`; `non_empty`: the schema CHECKs `length(btrim(x)) > 0`. `max_chars`: at most
+    /// that many characters (Unicode code points: PostgreSQL's `char_length`, JSON Schema's
+    /// `maxLength`); the schema's copy is a `{table}_{column}_length` CHECK of
+    /// `migrations/0005_text_limits.sql` (an integration test compares the two).
     Text {
         non_empty: bool,
+        max_chars: usize,
     },
     /// `uuid`; `refers_to`: the table of a foreign key (such columns are list filters).
     Uuid {
@@ -155,11 +161,26 @@ impl Table {
     }
 }
 
-const fn text() -> Kind {
-    Kind::Text { non_empty: false }
+/// Text limits, in characters. Names, titles, external ids and codes sit in unique indexes,
+/// where PostgreSQL refuses an entry of more than about 2,700 bytes: 200 characters of up to
+/// 4 bytes each stay well below that.
+pub const NAME_MAX_CHARS: usize = 200;
+/// Short identifiers: a time zone (the longest IANA name has 32 characters), a currency code.
+pub const CODE_MAX_CHARS: usize = 64;
+/// Free text: descriptions.
+pub const TEXT_MAX_CHARS: usize = 10_000;
+
+const fn text(max_chars: usize) -> Kind {
+    Kind::Text {
+        non_empty: false,
+        max_chars,
+    }
 }
-const fn name_text() -> Kind {
-    Kind::Text { non_empty: true }
+const fn name_text(max_chars: usize) -> Kind {
+    Kind::Text {
+        non_empty: true,
+        max_chars,
+    }
 }
 const fn fk(table: &'static str) -> Kind {
     Kind::Uuid {
@@ -245,8 +266,8 @@ pub static TABLES: &[Table] = &[
         rules: &[],
         columns: &[
             ID,
-            Column::new("name", name_text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -262,12 +283,12 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("portfolio_id", fk("portfolios")).required(),
-            Column::new("name", name_text()).required(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
             Column::new(
                 "industry_type",
                 enumeration("industry_type_enum", INDUSTRY_TYPE),
             ),
-            Column::new("location", text()).nullable(),
+            Column::new("location", text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "latitude",
                 Kind::Float {
@@ -284,7 +305,7 @@ pub static TABLES: &[Table] = &[
                 },
             )
             .nullable(),
-            Column::new("timezone", text()),
+            Column::new("timezone", text(CODE_MAX_CHARS)),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -300,8 +321,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "category",
                 enumeration("meter_category_enum", METER_CATEGORY),
@@ -311,7 +332,7 @@ pub static TABLES: &[Table] = &[
                 "reading_frequency",
                 enumeration("reading_frequency_enum", READING_FREQUENCY),
             ),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -326,9 +347,9 @@ pub static TABLES: &[Table] = &[
         rules: &[],
         columns: &[
             ID,
-            Column::new("code", name_text()).required(),
-            Column::new("name", text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("code", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("name", text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -348,13 +369,13 @@ pub static TABLES: &[Table] = &[
             Column::new("meter_id", fk("meters")).required(),
             Column::new("parent_asset_id", fk("assets")).nullable(),
             Column::new("asset_type_id", fk("asset_types")).nullable(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
-            Column::new("equipment", text()).nullable(),
-            Column::new("manufacturer", text()).nullable(),
-            Column::new("model", text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
+            Column::new("equipment", text(NAME_MAX_CHARS)).nullable(),
+            Column::new("manufacturer", text(NAME_MAX_CHARS)).nullable(),
+            Column::new("model", text(NAME_MAX_CHARS)).nullable(),
             Column::new("rated_power_kw", float_min0()).nullable(),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -381,7 +402,7 @@ pub static TABLES: &[Table] = &[
             )
             .required(),
             Column::new("direction", enumeration("direction_enum", DIRECTION)),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -397,8 +418,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("meter_id", fk("meters")).required(),
-            Column::new("name", name_text()).required(),
-            Column::new("external_id", name_text()).nullable(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("external_id", name_text(NAME_MAX_CHARS)).nullable(),
             Column::new(
                 "kind",
                 enumeration("energy_source_kind_enum", ENERGY_SOURCE_KIND),
@@ -407,7 +428,7 @@ pub static TABLES: &[Table] = &[
             Column::new("capacity_kw", float_min0()).nullable(),
             Column::new("storage_capacity_kwh", float_min0()).nullable(),
             Column::new("carbon_intensity_g_per_kwh", float_min0()).nullable(),
-            Column::new("description", text()).nullable(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             METADATA,
             ACTIVE,
             CREATED_AT,
@@ -423,10 +444,10 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("name", name_text()).required(),
+            Column::new("name", name_text(NAME_MAX_CHARS)).required(),
             Column::new("direction", enumeration("direction_enum", DIRECTION)).required(),
             Column::new("capacity_kw", float_min0()).nullable(),
-            Column::new("provider", text()).nullable(),
+            Column::new("provider", text(NAME_MAX_CHARS)).nullable(),
             Column::new("tariff_structure", Kind::Object),
             METADATA,
             ACTIVE,
@@ -443,8 +464,8 @@ pub static TABLES: &[Table] = &[
         columns: &[
             ID,
             Column::new("site_id", fk("sites")).required(),
-            Column::new("title", name_text()).required(),
-            Column::new("description", text()).nullable(),
+            Column::new("title", name_text(NAME_MAX_CHARS)).required(),
+            Column::new("description", text(TEXT_MAX_CHARS)).nullable(),
             Column::new(
                 "category",
                 enumeration("recommendation_category_enum", RECOMMENDATION_CATEGORY),
@@ -455,7 +476,7 @@ pub static TABLES: &[Table] = &[
                 enumeration("recommendation_status_enum", RECOMMENDATION_STATUS),
             ),
             Column::new("estimated_savings_per_year", float_min0()).nullable(),
-            Column::new("currency", name_text()),
+            Column::new("currency", name_text(CODE_MAX_CHARS)),
             Column::new("investment_cost", float_min0()).nullable(),
             Column::new(
                 "roi_percent",
@@ -474,6 +495,17 @@ pub static TABLES: &[Table] = &[
         ],
     },
 ];
+
+/// The most characters `table.column` may hold, when it is a text column of [`TABLES`]. The one
+/// declaration of each limit: the API's checks, its OpenAPI `maxLength` and `provision`'s checks
+/// all read it from here.
+pub fn max_chars(table: &str, column: &str) -> Option<usize> {
+    let t = TABLES.iter().find(|t| t.name == table)?;
+    match t.column(column)?.kind {
+        Kind::Text { max_chars, .. } => Some(max_chars),
+        _ => None,
+    }
+}
 
 /// Named constraints whose column or rule a client should see: `(constraint, field, rule)`.
 /// Constraints with PostgreSQL's default names (`meters_site_id_fkey`) need no entry.
@@ -586,7 +618,17 @@ fn to_param(col: &Column, v: &Value) -> Result<Param, ApiError> {
     }
     let expected = |what: &str| bad(format!("must be {what}, got {}", json_type(v)));
     let text = match (col.kind, v) {
-        (Kind::Text { non_empty }, Value::String(s)) => {
+        (
+            Kind::Text {
+                non_empty,
+                max_chars,
+            },
+            Value::String(s),
+        ) => {
+            let n = s.chars().count();
+            if n > max_chars {
+                return bad(format!("must be at most {max_chars} characters, got {n}"));
+            }
             if s.contains('\0') {
                 return bad("must not contain NUL characters".into());
             }
@@ -694,10 +736,14 @@ fn as_sql_params(args: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|a| a as &(dyn ToSql + Sync)).collect()
 }
 
-fn parse_id(raw: &str) -> Result<String, ApiError> {
-    Uuid::parse_str(raw)
+/// The `{id}` of a path, as a canonical UUID. One that is not even text (bad percent-encoding,
+/// invalid UTF-8) gets the same JSON 400 as any other non-UUID, not axum's plain-text one.
+fn parse_id(raw: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(raw) =
+        raw.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
+    Uuid::parse_str(&raw)
         .map(|id| id.to_string())
-        .map_err(|_| ApiError::bad_request("id", format!("{} is not a UUID", quote(raw))))
+        .map_err(|_| ApiError::bad_request("id", format!("{} is not a UUID", quote(&raw))))
 }
 
 fn not_found(t: &Table, id: &str) -> ApiError {
@@ -787,7 +833,10 @@ async fn list(
         .query(&sql, &as_sql_params(&args))
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    let mut items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let mut items = rows
+        .iter()
+        .map(|r| row_json(t, r))
+        .collect::<Result<Vec<Value>, ApiError>>()?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().and_then(|row| row.get("id")).cloned()
@@ -800,9 +849,9 @@ async fn list(
 async fn fetch(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let client = state.db.get().await?;
     let row = client
         .query_opt(
@@ -814,7 +863,19 @@ async fn fetch(
         )
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    row.map(|r| Json(r.get(0))).ok_or_else(|| not_found(t, &id))
+    let row = row.ok_or_else(|| not_found(t, &id))?;
+    Ok(Json(row_json(t, &row)?))
+}
+
+/// Column 0 of `row`, a `to_jsonb(t)`, as JSON. Every number the API writes reads back (see the
+/// `float_roundtrip` feature in Cargo.toml), but another writer can store a jsonb number beyond
+/// f64 (`1e400`): such a row is a logged 500, never a panic. Writers call this before COMMIT,
+/// so the failure rolls their write back.
+fn row_json(t: &Table, row: &Row) -> Result<Value, ApiError> {
+    row.try_get(0).map_err(|e| {
+        tracing::error!(table = t.name, error = %pg_error_message(&e), "admin API: a row cannot be read as JSON");
+        ApiError::internal()
+    })
 }
 
 /// The cross-column rules that can be checked from the request alone.
@@ -865,25 +926,32 @@ async fn create(
             values.join(", ")
         )
     };
-    let client = state.db.get().await?;
-    let row = client
+    let mut client = state.db.get().await?;
+    // The row is read back before COMMIT: if that fails, nothing was written.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    let row = tx
         .query_one(&sql, &as_sql_params(&args))
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    Ok((StatusCode::CREATED, Json(row.get::<_, Value>(0))).into_response())
+    let row = row_json(t, &row)?;
+    tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
+    Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
 async fn update(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     JsonObject(body): JsonObject,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let params = body_params(t, &body, false)?;
     check_distinct(t, &params)?;
     if params.is_empty() {
-        return fetch(State(state), t, Path(id)).await;
+        return fetch(State(state), t, Ok(Path(id))).await;
     }
     let mut args: Vec<Param> = Vec::new();
     let mut sets = Vec::new();
@@ -935,7 +1003,8 @@ async fn update(
             )
             .await
             .map_err(|e| ApiError::from_pg(&e))?
-            .get(0);
+            .try_get(0)
+            .map_err(|e| ApiError::from_pg(&e))?;
         if cyclic {
             return Err(ApiError::bad_request(
                 *column,
@@ -948,17 +1017,19 @@ async fn update(
         .await
         .map_err(|e| ApiError::from_pg(&e))?
         .ok_or_else(|| not_found(t, &id))?;
+    // Read back before COMMIT, as in create.
+    let row = row_json(t, &row)?;
     tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
-    Ok(Json(row.get(0)))
+    Ok(Json(row))
 }
 
 async fn delete(
     State(state): State<AdminState>,
     t: &'static Table,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_id(id)?;
     let mut hard = false;
     for (key, raw) in query_pairs(q)? {
         match (key.as_str(), raw.as_str()) {
@@ -973,9 +1044,10 @@ async fn delete(
             }
         }
     }
-    let client = state.db.get().await?;
+    let mut client = state.db.get().await?;
     if hard {
-        // ON DELETE CASCADE removes the subtree in the same statement.
+        // ON DELETE CASCADE removes the subtree in the same statement; nothing is read after
+        // it, so the statement's own transaction is enough.
         let n = client
             .execute(
                 &format!("DELETE FROM {} WHERE id = $1::text::uuid", t.name),
@@ -989,7 +1061,12 @@ async fn delete(
             Ok(StatusCode::NO_CONTENT.into_response())
         };
     }
-    let row = client
+    // Read back before COMMIT, as in create.
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| ApiError::from_pg(&e))?;
+    let row = tx
         .query_opt(
             &format!(
                 "UPDATE {} AS t SET active = false WHERE t.id = $1::text::uuid
@@ -1001,31 +1078,32 @@ async fn delete(
         .await
         .map_err(|e| ApiError::from_pg(&e))?
         .ok_or_else(|| not_found(t, &id))?;
-    Ok(Json(row.get::<_, Value>(0)).into_response())
+    let row = row_json(t, &row)?;
+    tx.commit().await.map_err(|e| ApiError::from_pg(&e))?;
+    Ok(Json(row).into_response())
 }
 
 // ---- OpenAPI -------------------------------------------------------------------------------
 
-fn schema_name(t: &Table) -> String {
-    t.noun
-        .split(' ')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
+/// The OpenAPI schema name of a table's rows: "asset connection" → "AssetConnection".
+pub fn schema_name(t: &Table) -> String {
+    pascal_case(t.noun, ' ')
 }
 
 fn column_schema(col: &Column) -> Value {
     let mut s = match col.kind {
-        Kind::Text { non_empty } => {
-            let mut s = json!({"type": "string"});
-            if non_empty {
-                s["pattern"] = json!("\\S");
-            }
-            s
+        Kind::Text {
+            non_empty,
+            max_chars,
+        } => {
+            // No NUL anywhere (PostgreSQL text cannot hold it); a name also needs one
+            // character that is not white space.
+            let pattern = if non_empty {
+                "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+            } else {
+                "^[^\\u0000]*$"
+            };
+            json!({"type": "string", "maxLength": max_chars, "pattern": pattern})
         }
         Kind::Uuid { refers_to } => {
             let mut s = json!({"type": "string", "format": "uuid"});
@@ -1071,8 +1149,10 @@ fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
 
-/// One operation: its successful responses plus references to the shared error responses.
+/// One operation: its successful responses plus references to the shared error responses. Every
+/// operation can also answer 401 (the token) and 500 (a bug, caught by the panic layer).
 fn operation(
+    id: String,
     summary: String,
     parameters: Vec<Value>,
     body: Option<Value>,
@@ -1083,11 +1163,13 @@ fn operation(
         .iter()
         .map(|(code, r)| (code.to_string(), r.clone()))
         .collect();
-    for code in errors {
+    for code in errors.iter().chain(&["401", "500"]) {
         let reference = json!({"$ref": format!("#/components/responses/{code}")});
         responses.insert(code.to_string(), reference);
     }
-    let mut op = json!({"summary": summary, "parameters": parameters, "responses": responses});
+    let mut op = json!({
+        "operationId": id, "summary": summary, "parameters": parameters, "responses": responses,
+    });
     if let Some(schema) = body {
         op["requestBody"] =
             json!({"required": true, "content": {"application/json": {"schema": schema}}});
@@ -1095,8 +1177,77 @@ fn operation(
     op
 }
 
+/// The path of an entity's readings, for the tables that have them.
+fn measurements_path(t: &Table) -> Option<&'static str> {
+    ["meters", "assets", "energy-sources"]
+        .into_iter()
+        .find(|p| *p == t.path)
+}
+
+/// OpenAPI links from the row a create returns to what can be done with it: get, patch and
+/// delete it, read its readings, list and create the rows that refer to it. They document
+/// the API's shape, and they let a stateful tester (schemathesis) build real hierarchies
+/// instead of guessing ids.
+fn create_links(t: &Table) -> Value {
+    let name = schema_name(t);
+    let by_id = json!({"id": "$response.body#/id"});
+    let mut links = Map::new();
+    for verb in ["get", "update", "delete"] {
+        links.insert(
+            format!("{verb}{name}"),
+            json!({"operationId": format!("{verb}{name}"), "parameters": by_id}),
+        );
+    }
+    if measurements_path(t).is_some() {
+        links.insert(
+            format!("get{name}Measurements"),
+            json!({"operationId": format!("get{name}Measurements"), "parameters": by_id}),
+        );
+    }
+    let refers_here =
+        |c: &&Column| matches!(c.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name);
+    for child in TABLES {
+        let refs: Vec<&Column> = child.columns.iter().filter(refers_here).collect();
+        let child_name = schema_name(child);
+        for col in &refs {
+            // Two references to this table (a connection's source and target): a link each.
+            let via = if refs.len() > 1 {
+                format!("By{}", pascal_case(col.name, '_'))
+            } else {
+                String::new()
+            };
+            let value = json!("$response.body#/id");
+            links.insert(
+                format!("list{child_name}s{via}"),
+                json!({"operationId": format!("list{child_name}s"), "parameters": {format!("query.{}", col.name): value}}),
+            );
+            if !child.read_only {
+                links.insert(
+                    format!("create{child_name}{via}"),
+                    json!({"operationId": format!("create{child_name}"), "requestBody": {col.name: value}}),
+                );
+            }
+        }
+    }
+    Value::Object(links)
+}
+
+/// `source_asset_id` → `SourceAssetId` (with `_`), `asset connection` → `AssetConnection`.
+fn pascal_case(words: &str, separator: char) -> String {
+    words
+        .split(separator)
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
-    let row = json!({"$ref": format!("#/components/schemas/{}", schema_name(t))});
+    let name = schema_name(t);
+    let row = json!({"$ref": format!("#/components/schemas/{name}")});
     let id = param(
         "id",
         "path",
@@ -1118,7 +1269,11 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
                 writable: true,
                 ..*c
             };
-            param(c.name, "query", column_schema(&plain), desc)
+            let mut schema = column_schema(&plain);
+            if c.nullable {
+                schema = json!({"anyOf": [schema, {"type": "string", "enum": ["null"]}]});
+            }
+            param(c.name, "query", schema, desc)
         })
         .collect();
     filters.push(param(
@@ -1130,7 +1285,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
     filters.push(param(
         "cursor",
         "query",
-        json!({"type": "string"}),
+        json!({"type": "string", "format": "uuid"}),
         "`next_cursor` of the previous page",
     ));
     let page = json!({
@@ -1141,18 +1296,20 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
         },
     });
     let mut collection = json!({"get": operation(
+        format!("list{name}s"),
         format!("List {}s, ordered by id", t.noun),
         filters,
         None,
         &[("200", json_response("a page", page))],
-        &["400", "401", "503"],
+        &["400", "503"],
     )});
     let mut item = json!({"get": operation(
+        format!("get{name}"),
         format!("Get a {}", t.noun),
         vec![id.clone()],
         None,
         &[("200", json_response("the row", row.clone()))],
-        &["400", "401", "404", "503"],
+        &["400", "404", "503"],
     )});
     if !t.read_only {
         let required: Vec<&str> = t
@@ -1161,14 +1318,18 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             .filter(|c| c.required)
             .map(|c| c.name)
             .collect();
+        let mut created = json_response("the new row", row.clone());
+        created["links"] = create_links(t);
         collection["post"] = operation(
+            format!("create{name}"),
             format!("Create a {}", t.noun),
             vec![],
             Some(json!({"allOf": [row, {"required": required}]})),
-            &[("201", json_response("the new row", row.clone()))],
-            &["400", "401", "409", "413", "415", "503"],
+            &[("201", created)],
+            &["400", "409", "413", "415", "503"],
         );
         item["patch"] = operation(
+            format!("update{name}"),
             format!(
                 "Update the given fields of a {}; `null` clears a nullable field",
                 t.noun
@@ -1176,7 +1337,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             vec![id.clone()],
             Some(row.clone()),
             &[("200", json_response("the updated row", row.clone()))],
-            &["400", "401", "404", "409", "413", "415", "503"],
+            &["400", "404", "409", "413", "415", "503"],
         );
         let hard = param(
             "hard",
@@ -1185,6 +1346,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
             "delete the row and, by cascade, everything under it",
         );
         item["delete"] = operation(
+            format!("delete{name}"),
             format!("Deactivate a {} (active = false), or delete it", t.noun),
             vec![id, hard],
             None,
@@ -1192,7 +1354,7 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
                 ("200", json_response("deactivated: the row", row)),
                 ("204", json!({"description": "deleted (hard=true)"})),
             ],
-            &["400", "401", "404", "503"],
+            &["400", "404", "503"],
         );
     }
     paths.insert(format!("/api/v1/{}", t.path), collection);
@@ -1203,17 +1365,22 @@ fn table_paths(t: &Table, paths: &mut Map<String, Value>) {
 fn read_paths(paths: &mut Map<String, Value>) {
     let object = json!({"type": "object"});
     let time = json!({"type": "string", "format": "date-time"});
-    let string = json!({"type": "string"});
+    let metrics: Vec<&str> = crate::catalogue::ALL.iter().map(|m| m.name).collect();
+    let reasons: Vec<&str> = crate::model::Reason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
     let limit = |default: i64| {
         let schema = json!({"type": "integer", "minimum": 1, "maximum": 10000, "default": default});
         param("limit", "query", schema, "")
     };
-    for (path, noun) in [
-        ("meters", "meter"),
-        ("assets", "asset"),
-        ("energy-sources", "energy source"),
-    ] {
+    for t in TABLES {
+        let Some(path) = measurements_path(t) else {
+            continue;
+        };
+        let noun = t.noun;
         let get = operation(
+            format!("get{}Measurements", schema_name(t)),
             format!("Readings of a {noun}: raw, or per bucket (avg, min, max, last, count)"),
             vec![
                 param(
@@ -1225,7 +1392,7 @@ fn read_paths(paths: &mut Map<String, Value>) {
                 param(
                     "metric",
                     "query",
-                    string.clone(),
+                    json!({"type": "string", "enum": metrics}),
                     "a metric of the catalogue",
                 ),
                 param("from", "query", time.clone(), "default: 24 h before `to`"),
@@ -1233,14 +1400,14 @@ fn read_paths(paths: &mut Map<String, Value>) {
                 param(
                     "bucket",
                     "query",
-                    string.clone(),
-                    "30s, 15m, 1h, 1d…; absent: raw",
+                    json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+                    "30s, 15m, 1h, 1d… (1 s to 31 d; a bare number is seconds); absent: raw",
                 ),
                 limit(1000),
             ],
             None,
             &[("200", json_response("readings or buckets", object.clone()))],
-            &["400", "401", "404", "503"],
+            &["400", "404", "503"],
         );
         paths.insert(
             format!("/api/v1/{path}/{{id}}/measurements"),
@@ -1248,12 +1415,13 @@ fn read_paths(paths: &mut Map<String, Value>) {
         );
     }
     let get = operation(
+        "listRejections".into(),
         "Recent rejected readings, newest first".into(),
         vec![
             param(
                 "reason",
                 "query",
-                string,
+                json!({"type": "string", "enum": reasons}),
                 "a rejection reason (CONTRACT.md §4)",
             ),
             param("since", "query", time, "default: 24 h ago"),
@@ -1261,7 +1429,7 @@ fn read_paths(paths: &mut Map<String, Value>) {
         ],
         None,
         &[("200", json_response("rejections", object))],
-        &["400", "401", "503"],
+        &["400", "503"],
     );
     paths.insert("/api/v1/rejections".into(), json!({"get": get}));
 }
@@ -1283,10 +1451,18 @@ pub fn openapi() -> Value {
         );
     }
     read_paths(&mut paths);
-    paths.insert(
-        "/api/v1/openapi.json".into(),
-        json!({"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}),
+    let this = operation(
+        "getOpenApi".into(),
+        "This document".into(),
+        vec![],
+        None,
+        &[(
+            "200",
+            json_response("OpenAPI 3.1", json!({"type": "object"})),
+        )],
+        &[],
     );
+    paths.insert("/api/v1/openapi.json".into(), json!({ "get": this }));
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {
@@ -1319,6 +1495,7 @@ pub fn openapi() -> Value {
                 "409": error("a unique key (external_id, name) is taken"),
                 "413": error("body over 1 MiB"),
                 "415": error("Content-Type is not application/json"),
+                "500": error("an internal error (a bug, or a row another writer stored that the API cannot read); the cause is in the server log"),
                 "503": error("the database is unavailable"),
             },
         },
@@ -1351,6 +1528,26 @@ mod tests {
             ("name", json!(null), Err("must not be null")),
             ("name", json!(5), Err("must be a string")),
             ("name", json!("a\u{0}b"), Err("NUL")),
+            (
+                "name",
+                json!("é".repeat(200)),
+                Ok(Some(&*"é".repeat(200).leak())),
+            ),
+            (
+                "name",
+                json!("é".repeat(201)),
+                Err("must be at most 200 characters, got 201"),
+            ),
+            (
+                "description",
+                json!("x".repeat(10_001)),
+                Err("must be at most 10000 characters"),
+            ),
+            (
+                "timezone",
+                json!("Z".repeat(65)),
+                Err("at most 64 characters"),
+            ),
             ("description", json!(null), Ok(None)),
             ("site_id", json!("not-a-uuid"), Err("is not a UUID")),
             (
@@ -1413,5 +1610,61 @@ mod tests {
             assert_eq!(item["patch"].is_object(), !t.read_only, "{}", t.path);
         }
         assert!(doc["components"]["schemas"]["AssetConnection"].is_object());
+    }
+
+    /// Every operation has a unique id, and every link names an existing operation and only
+    /// parameters (or body fields) that operation has.
+    #[test]
+    fn openapi_links_point_at_real_operations_and_parameters() {
+        let doc = openapi();
+        let mut operations: Map<String, Value> = Map::new();
+        for item in doc["paths"].as_object().expect("paths").values() {
+            for op in item.as_object().expect("path item").values() {
+                let id = op["operationId"].as_str().expect("an operationId");
+                assert!(
+                    operations.insert(id.to_string(), op.clone()).is_none(),
+                    "{id} twice"
+                );
+            }
+        }
+        let mut links = 0;
+        for op in operations.values() {
+            let Some(created) = op["responses"]["201"].as_object() else {
+                continue;
+            };
+            for (name, link) in created["links"].as_object().expect("links") {
+                let target = &operations[link["operationId"].as_str().expect("operationId")];
+                for key in link["parameters"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    let (location, param) = key.split_once('.').unwrap_or(("path", key));
+                    let found = target["parameters"]
+                        .as_array()
+                        .expect("parameters")
+                        .iter()
+                        .any(|p| p["name"] == param && p["in"] == location);
+                    assert!(found, "{name}: {key}");
+                }
+                if let Some(body) = link["requestBody"].as_object() {
+                    let schema = &target["requestBody"]["content"]["application/json"]["schema"];
+                    let table = schema["allOf"][0]["$ref"]
+                        .as_str()
+                        .and_then(|r| r.rsplit('/').next())
+                        .expect("a row schema");
+                    for field in body.keys() {
+                        assert!(
+                            doc["components"]["schemas"][table]["properties"][field].is_object(),
+                            "{name}: {field}"
+                        );
+                    }
+                }
+                links += 1;
+            }
+        }
+        // Each table links to its own get, update, delete; parents to their children.
+        assert!(links > 40, "{links} links");
     }
 }

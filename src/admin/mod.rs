@@ -12,6 +12,7 @@ pub mod crud;
 pub mod provision;
 pub mod read;
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::db::{Db, DbError, pg_error_message};
 
@@ -147,6 +149,10 @@ impl ApiError {
             invalid(rule(format!("{name} does not refer to an existing row")))
         } else if *code == SqlState::CHECK_VIOLATION || *code == SqlState::NOT_NULL_VIOLATION {
             invalid(rule(format!("{name} breaks a rule of the schema")))
+        } else if *code == SqlState::PROGRAM_LIMIT_EXCEEDED {
+            // A value too large for an index entry; the API's own limits should make this
+            // unreachable, but it is still the client's value, not a server fault.
+            invalid(format!("{name} is too large for the schema"))
         } else if class == "22" {
             // Data exceptions: invalid text representation, out of range, …
             invalid(format!("{name} has the wrong type or format"))
@@ -163,10 +169,11 @@ impl ApiError {
 }
 
 /// The column named by a constraint with PostgreSQL's default name: `meters_site_id_fkey` →
-/// `site_id`, `sites_latitude_check` → `latitude`, `meters_external_id_key` → `external_id`.
+/// `site_id`, `sites_latitude_check` → `latitude`, `meters_external_id_key` → `external_id`;
+/// and by the text limits of `migrations/0005_text_limits.sql`: `meters_name_length` → `name`.
 fn constraint_column(table: &str, constraint: &str) -> Option<String> {
     let rest = constraint.strip_prefix(table)?.strip_prefix('_')?;
-    ["_fkey", "_check", "_key"]
+    ["_fkey", "_check", "_key", "_length"]
         .iter()
         .find_map(|s| rest.strip_suffix(s))
         .filter(|c| !c.is_empty())
@@ -188,6 +195,25 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// What a panicking handler answers: the JSON 500 of [`ApiError::internal`], and an ERROR log
+/// line with the panic's message. Without it the panic would end the connection's task, and the
+/// client would get no answer at all.
+pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    tracing::error!(panic = message, "HTTP handler panicked; answered 500");
+    ApiError::internal().into_response()
+}
+
+/// The layer that turns a panic in a handler (or a middleware under it) into
+/// [`panic_response`]. The admin router carries it; `http::serve` puts it on its own routes.
+pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn Any + Send + 'static>) -> Response> {
+    CatchPanicLayer::custom(panic_response as fn(Box<dyn Any + Send + 'static>) -> Response)
 }
 
 impl From<DbError> for ApiError {
@@ -290,7 +316,8 @@ async fn require_token(State(auth): State<Auth>, req: Request, next: Next) -> Re
 }
 
 /// All `/api/v1` routes (the CRUD of [`crud`], the read side of [`read`], the OpenAPI document),
-/// behind the bearer token, with a 1 MiB body limit.
+/// behind the bearer token, with a 1 MiB body limit; a panic in any of them is a JSON 500
+/// ([`catch_panic`]).
 ///
 /// An empty `token` means none is configured: the API is then open to every client that can
 /// reach the listener, a convenience for development that [`check_listen`] allows only on a
@@ -317,6 +344,8 @@ pub fn router(state: AdminState, token: String) -> Router {
         // router, a path outside the API is still a plain 404, not a 401.
         .route_layer(middleware::from_fn_with_state(auth, require_token))
         .route_layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, so a panic in the token check is caught too.
+        .route_layer(catch_panic())
         .with_state(state)
 }
 
@@ -378,12 +407,70 @@ mod tests {
         assert!(!same_digest(&digest(b"a"), &digest(b"")));
     }
 
+    /// Collects what a tracing subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_answered_with_a_json_500_and_logged() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        // Thread-local; panic_response is called on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let payloads: [Box<dyn Any + Send>; 3] = [
+            Box::new("a static message"),
+            Box::new(String::from("a formatted message 42")),
+            Box::new(7_u8),
+        ];
+        for payload in payloads {
+            let response = panic_response(payload);
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .expect("body");
+            let body: Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(
+                body,
+                json!({"error": {"code": "internal", "message": "internal error; see the server log", "field": null}})
+            );
+        }
+        let text = String::from_utf8(log.0.lock().expect("not poisoned").clone()).expect("UTF-8");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for (line, message) in lines.iter().zip([
+            "a static message",
+            "a formatted message 42",
+            "(a panic without a message)",
+        ]) {
+            assert_eq!(line["level"], "ERROR", "{line}");
+            assert_eq!(line["fields"]["panic"], message, "{line}");
+        }
+    }
+
     #[test]
     fn default_constraint_names_give_their_column() {
         let cases = [
             ("meters", "meters_site_id_fkey", Some("site_id")),
             ("sites", "sites_latitude_check", Some("latitude")),
             ("meters", "meters_external_id_key", Some("external_id")),
+            ("sites", "sites_timezone_length", Some("timezone")),
             ("meters", "other_site_id_fkey", None),
             ("meters", "meters_pkey", None),
         ];

@@ -42,7 +42,7 @@ use crate::db::{Db, pg_error_message};
 // Labels of the schema's enums, shared with the API (a unit test keeps them in step with
 // migrations/0001_hierarchy.sql).
 use super::crud::{
-    DIRECTION as DIRECTIONS, ENERGY_SOURCE_KIND as ENERGY_SOURCE_KINDS,
+    self, DIRECTION as DIRECTIONS, ENERGY_SOURCE_KIND as ENERGY_SOURCE_KINDS,
     INDUSTRY_TYPE as INDUSTRY_TYPES, METER_CATEGORY as METER_CATEGORIES,
     READING_FREQUENCY as READING_FREQUENCIES, RELATIONSHIP as RELATIONSHIPS,
 };
@@ -568,6 +568,9 @@ fn describe(v: &Yaml) -> String {
 /// once rather than the first).
 struct Fields<'v, 'p> {
     path: String,
+    /// The SQL table the mapping becomes a row of: its text limits apply to the keys named
+    /// like its columns.
+    table: Option<&'static str>,
     map: Option<&'v yaml_serde::Mapping>,
     asked: Vec<&'static str>,
     problems: &'p mut Vec<Problem>,
@@ -587,10 +590,37 @@ impl<'v, 'p> Fields<'v, 'p> {
         };
         Self {
             path,
+            table: None,
             map,
             asked: Vec::new(),
             problems,
         }
+    }
+
+    /// A mapping that becomes a row of `table`.
+    fn row(
+        table: &'static str,
+        value: &'v Yaml,
+        path: String,
+        problems: &'p mut Vec<Problem>,
+    ) -> Self {
+        Self {
+            table: Some(table),
+            ..Self::new(value, path, problems)
+        }
+    }
+
+    /// Reports `s` when it is longer than its column allows (the API's limit, from
+    /// [`crud::max_chars`]), so the database never sees it.
+    fn too_long(&mut self, key: &str, s: &str) -> bool {
+        let Some(max) = self.table.and_then(|t| crud::max_chars(t, key)) else {
+            return false;
+        };
+        let n = s.chars().count();
+        if n > max {
+            self.problem(key, format!("must be at most {max} characters, found {n}"));
+        }
+        n > max
     }
 
     fn problem(&mut self, key: &str, message: impl Into<String>) {
@@ -616,6 +646,7 @@ impl<'v, 'p> Fields<'v, 'p> {
 
     fn text(&mut self, key: &'static str) -> Option<String> {
         match self.get(key)? {
+            Yaml::String(s) if self.too_long(key, s) => None,
             Yaml::String(s) => Some(s.clone()),
             other => {
                 let found = describe(other);
@@ -637,6 +668,7 @@ impl<'v, 'p> Fields<'v, 'p> {
                 self.problem(key, "must not be empty");
                 String::new()
             }
+            Some(Yaml::String(s)) if self.too_long(key, s) => String::new(),
             Some(Yaml::String(s)) => s.clone(),
             Some(Yaml::Number(n)) => {
                 // An unquoted EAN or serial (`external_id: 541448800000000001`) is a number to YAML,
@@ -713,6 +745,17 @@ impl<'v, 'p> Fields<'v, 'p> {
         let value = self.get(key)?;
         let Some(x) = (match value {
             Yaml::Number(n) => n.as_f64(),
+            // YAML reads a number beyond f64 (`1e400`) as a string: say what it is.
+            Yaml::String(s) if s.parse::<f64>().is_ok_and(f64::is_infinite) => {
+                self.problem(
+                    key,
+                    format!(
+                        "must be a finite number, found {s} (beyond ±{:e})",
+                        f64::MAX
+                    ),
+                );
+                return None;
+            }
             _ => None,
         }) else {
             let found = describe(value);
@@ -875,7 +918,7 @@ fn decode(root: &Yaml, problems: &mut Vec<Problem>) -> Inventory {
 }
 
 fn portfolio(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> PortfolioSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("portfolios", v, path.clone(), problems);
     let name = f.required("name");
     let description = f.text("description");
     let metadata = f.object("metadata");
@@ -896,7 +939,7 @@ fn portfolio(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> PortfolioSp
 }
 
 fn site(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> SiteSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("sites", v, path.clone(), problems);
     let name = f.required("name");
     let industry_type = f.label("industry_type", INDUSTRY_TYPES, None);
     let location = f.text("location");
@@ -942,7 +985,7 @@ fn site(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> SiteSpec {
 }
 
 fn meter(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> MeterSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("meters", v, path.clone(), problems);
     let external_id = f.external_id();
     let name = f.required("name");
     let category = f.label("category", METER_CATEGORIES, None);
@@ -974,7 +1017,7 @@ fn meter(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> MeterSpec {
 }
 
 fn asset(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> AssetSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("assets", v, path.clone(), problems);
     let spec = AssetSpec {
         external_id: f.external_id(),
         name: f.required("name"),
@@ -994,7 +1037,7 @@ fn asset(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> AssetSpec {
 }
 
 fn energy_source(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> EnergySourceSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("energy_sources", v, path.clone(), problems);
     let spec = EnergySourceSpec {
         external_id: f.external_id(),
         name: f.required("name"),
@@ -1012,7 +1055,7 @@ fn energy_source(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> EnergyS
 }
 
 fn grid_link(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> GridLinkSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("grid_links", v, path.clone(), problems);
     let spec = GridLinkSpec {
         name: f.required("name"),
         direction: f.label("direction", DIRECTIONS, None),
@@ -1028,7 +1071,7 @@ fn grid_link(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> GridLinkSpe
 }
 
 fn connection(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> ConnectionSpec {
-    let mut f = Fields::new(v, path.clone(), problems);
+    let mut f = Fields::row("asset_connections", v, path.clone(), problems);
     let spec = ConnectionSpec {
         source: f.required("source"),
         target: f.required("target"),
@@ -2036,6 +2079,34 @@ mod tests {
                 "{needle:?} not in {got:#?}"
             );
         }
+    }
+
+    #[test]
+    fn text_over_its_columns_limit_is_a_problem() {
+        let at_limit = with_meter(&format!(
+            "      description: {}\n      assets:\n      - external_id: {}\n        name: A\n",
+            "é".repeat(crud::TEXT_MAX_CHARS),
+            "a".repeat(crud::NAME_MAX_CHARS)
+        ));
+        assert_eq!(problems_of(&at_limit), Vec::<String>::new());
+        let over = with_meter(&format!(
+            "      description: {}\n      assets:\n      - external_id: {}\n        name: A\n        equipment: {}\n    timezone: {}\n",
+            "é".repeat(crud::TEXT_MAX_CHARS + 1),
+            "a".repeat(crud::NAME_MAX_CHARS + 1),
+            "q".repeat(crud::NAME_MAX_CHARS + 1),
+            "Z".repeat(crud::CODE_MAX_CHARS + 1),
+        ));
+        let m = "portfolios[0].sites[0].meters[0]";
+        assert_eq!(
+            problems_of(&over),
+            [
+                "portfolios[0].sites[0].timezone: must be at most 64 characters, found 65"
+                    .to_string(),
+                format!("{m}.description: must be at most 10000 characters, found 10001"),
+                format!("{m}.assets[0].external_id: must be at most 200 characters, found 201"),
+                format!("{m}.assets[0].equipment: must be at most 200 characters, found 201"),
+            ]
+        );
     }
 
     #[test]

@@ -3,15 +3,17 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{AdminState, ApiError};
+use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
 
 /// Routes under `/api/v1`, merged into the admin router (and so behind its token).
@@ -104,10 +106,13 @@ fn table(kind: EntityKind) -> &'static str {
 async fn measurements(
     State(state): State<AdminState>,
     kind: EntityKind,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     q: Result<Query<MeasurementQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
+    // Not even text (invalid UTF-8): the same JSON 400 as any other non-UUID.
+    let Path(id) =
+        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))?;
     let to = parse_time("to", &q.to)?.unwrap_or_else(|| Utc::now() + Duration::minutes(5));
@@ -169,7 +174,7 @@ async fn measurements(
         }
     }
     .map_err(|e| ApiError::from_pg(&e))?;
-    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let items = json_rows(&rows)?;
     Ok(Json(json!({
         "entity_type": kind.as_str(),
         "entity_id": id,
@@ -218,8 +223,21 @@ async fn rejections(
         )
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
-    let items: Vec<Value> = rows.iter().map(|r| r.get(0)).collect();
+    let items = json_rows(&rows)?;
     Ok(Json(json!({ "since": since, "items": items })))
+}
+
+/// Column 0 of each row, a `jsonb_build_object`, as JSON. Rows can come from other writers (a
+/// jsonb number beyond f64 does not decode): a logged 500, never a panic.
+fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
+    rows.iter()
+        .map(|r| {
+            r.try_get(0).map_err(|e| {
+                tracing::error!(error = %pg_error_message(&e), "admin API: a row cannot be read as JSON");
+                ApiError::internal()
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

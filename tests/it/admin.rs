@@ -588,6 +588,11 @@ async fn invalid_input_gets_a_4xx_naming_the_field_and_writes_nothing() {
         ("PATCH /api/v1/meters/123".into(), json!({"name": "x"}), "400 invalid id"),
         (format!("GET /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
         ("GET /api/v1/meters/123".into(), no_body.clone(), "400 invalid id"),
+        // Not UTF-8 at all: still the JSON error, not axum's plain-text one.
+        ("GET /api/v1/meters/%FF".into(), no_body.clone(), "400 invalid id"),
+        ("PATCH /api/v1/meters/%FF".into(), json!({"name": "x"}), "400 invalid id"),
+        ("DELETE /api/v1/meters/%FF".into(), no_body.clone(), "400 invalid id"),
+        ("GET /api/v1/meters/%FF/measurements".into(), no_body.clone(), "400 invalid id"),
         (format!("DELETE /api/v1/meters/{missing}"), no_body.clone(), "404 not_found -"),
         (format!("DELETE {meter_path}?hard=yes"), no_body.clone(), "400 invalid hard"),
         (format!("DELETE {meter_path}?force=true"), no_body.clone(), "400 invalid force"),
@@ -780,10 +785,10 @@ async fn bodies_that_are_too_large_malformed_or_not_json_get_json_errors() {
     .await
     .assert_error(415, "unsupported_media_type", None);
     assert_eq!(counts(&api.db().await).await["portfolios"], 0);
-    // Just under the limit is accepted.
-    let mut fits = br#"{"name": "fits", "description": ""#.to_vec();
+    // Just under the limit is accepted (in metadata: text columns have their own limits).
+    let mut fits = br#"{"name": "fits", "metadata": {"x": ""#.to_vec();
     fits.resize(admin::MAX_BODY_BYTES - 100, b'x');
-    fits.extend_from_slice(br#""}"#);
+    fits.extend_from_slice(br#""}}"#);
     assert_eq!(api.raw(&post, &fits).await.status, 201);
 }
 
@@ -909,4 +914,385 @@ async fn the_table_descriptions_match_the_schema() {
             }
         }
     }
+}
+
+// ---- Regressions of issue #11 (schemathesis) -----------------------------------------------
+
+/// PostgreSQL prints a jsonb number in full decimal digits (f64::MAX as 309 digits); the row
+/// must read back as the number that was sent, in the create's answer and in every GET after.
+#[tokio::test]
+async fn the_largest_numbers_in_metadata_are_stored_and_read_back() {
+    let api = Api::start().await;
+    let metadata = json!({"min": f64::MIN, "max": f64::MAX, "tiny": 5e-324, "neg_zero": -0.0});
+    let row = api
+        .create("portfolios", json!({"name": "Huge", "metadata": metadata}))
+        .await;
+    let back = |row: &Value| {
+        assert_eq!(row["metadata"]["min"].as_f64(), Some(f64::MIN), "{row}");
+        assert_eq!(row["metadata"]["max"].as_f64(), Some(f64::MAX), "{row}");
+        assert_eq!(row["metadata"]["tiny"].as_f64(), Some(5e-324), "{row}");
+        assert_eq!(row["metadata"]["neg_zero"].as_f64(), Some(0.0), "{row}");
+    };
+    back(&row);
+    back(
+        &api.get(&format!("/api/v1/portfolios/{}", id(&row)))
+            .await
+            .json(),
+    );
+    let list = api.get("/api/v1/portfolios").await;
+    assert_eq!(list.status, 200, "{list:?}");
+    back(&list.json()["items"][0]);
+    let patched = api
+        .call(
+            "PATCH",
+            &format!("/api/v1/portfolios/{}", id(&row)),
+            Some(json!({"metadata": {"min": -1.7976931348623157e308}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{patched:?}");
+    assert_eq!(patched.json()["metadata"]["min"].as_f64(), Some(f64::MIN));
+    // Beyond f64 is not a number the API takes: a 400 for the body, nothing written.
+    let post = format!(
+        "POST /api/v1/portfolios HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json"
+    );
+    let msg = api
+        .raw(&post, br#"{"name": "Beyond", "metadata": {"x": -1e400}}"#)
+        .await
+        .assert_error(400, "invalid", Some("body"));
+    assert!(msg.contains("number out of range"), "{msg}");
+    assert_eq!(counts(&api.db().await).await["portfolios"], 1);
+}
+
+/// `to_jsonb` of a float8 column goes through numeric, with the same full-digit printing.
+#[tokio::test]
+async fn the_largest_float_in_a_column_is_stored_and_read_back() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    let row = api
+        .create(
+            "energy-sources",
+            json!({"meter_id": ids.meter, "name": "Sun", "kind": "solar",
+                   "capacity_kw": 1.7976931348623157e308, "storage_capacity_kwh": 5e-324}),
+        )
+        .await;
+    assert_eq!(row["capacity_kw"].as_f64(), Some(f64::MAX), "{row}");
+    assert_eq!(row["storage_capacity_kwh"].as_f64(), Some(5e-324), "{row}");
+    let stored: f64 = client
+        .query_one(
+            "SELECT capacity_kw FROM energy_sources WHERE id = $1::text::uuid",
+            &[&id(&row)],
+        )
+        .await
+        .expect("stored")
+        .get(0);
+    assert_eq!(stored, f64::MAX);
+    let list = api
+        .get(&format!("/api/v1/energy-sources?meter_id={}", ids.meter))
+        .await;
+    assert_eq!(list.status, 200, "{list:?}");
+    let items = list.json()["items"].clone();
+    assert!(
+        items
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|r| r["capacity_kw"].as_f64() == Some(f64::MAX)),
+        "{items}"
+    );
+}
+
+#[tokio::test]
+async fn a_million_character_name_is_refused_naming_the_field() {
+    let api = Api::start().await;
+    let name = "x".repeat(1_000_000);
+    let r = api
+        .call("POST", "/api/v1/portfolios", Some(json!({"name": name})))
+        .await;
+    let message = r.assert_error(400, "invalid", Some("name"));
+    assert!(message.contains("200"), "the limit is named: {message}");
+    assert_eq!(counts(&api.db().await).await["portfolios"], 0);
+}
+
+/// One declaration of each text limit (`crud::TABLES`), two copies: the schema's CHECK
+/// `{table}_{column}_length` (read from pg_catalog) must say the same, every text column of the
+/// schema has one, and the OpenAPI document states it as `maxLength`.
+#[tokio::test]
+async fn text_limits_agree_between_the_api_the_schema_and_the_openapi_document() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let doc = api.get("/api/v1/openapi.json").await.json();
+    let mut checked = 0;
+    for t in crud::TABLES {
+        let text_columns: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = 'public' AND table_name = $1 AND data_type = 'text'",
+                &[&t.name],
+            )
+            .await
+            .expect("columns")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for column in text_columns {
+            let what = format!("{}.{column}", t.name);
+            let max = crud::max_chars(t.name, &column)
+                .unwrap_or_else(|| panic!("{what} has no declared limit"));
+            let def: Option<String> = client
+                .query_opt(
+                    "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+                     WHERE c.conrelid = $1::text::regclass AND c.conname = $2",
+                    &[&t.name, &format!("{}_{column}_length", t.name)],
+                )
+                .await
+                .expect("constraint")
+                .map(|r| r.get(0));
+            assert_eq!(
+                def.as_deref(),
+                Some(format!("CHECK ((char_length({column}) <= {max}))").as_str()),
+                "{what}"
+            );
+            let schema = &doc["components"]["schemas"][crud::schema_name(t)]["properties"][&column];
+            assert_eq!(schema["maxLength"], max, "{what}: {schema}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "{checked} text columns");
+
+    // The CHECK is real: through SQL, the limit passes and one more character fails.
+    let max = crud::max_chars("portfolios", "name").expect("a limit");
+    client
+        .execute(
+            "INSERT INTO portfolios (name) VALUES ($1)",
+            &[&"é".repeat(max)],
+        )
+        .await
+        .expect("the limit fits");
+    let err = client
+        .execute(
+            "INSERT INTO portfolios (name) VALUES ($1)",
+            &[&"é".repeat(max + 1)],
+        )
+        .await
+        .expect_err("one more does not");
+    assert_eq!(
+        err.as_db_error().and_then(|e| e.constraint()),
+        Some("portfolios_name_length")
+    );
+}
+
+/// Every text column's limit over the API: at the limit it is stored, one character more is a
+/// 400 naming the field, in a create and in a patch.
+#[tokio::test]
+async fn text_over_its_limit_is_refused_by_create_and_patch() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    let before = counts(&client).await;
+    let meter = format!("/api/v1/meters/{}", ids.meter);
+    for (collection, base, field) in [
+        ("portfolios", json!({}), "name"),
+        ("portfolios", json!({"name": "P1"}), "description"),
+        (
+            "sites",
+            json!({"portfolio_id": ids.portfolio, "name": "S1"}),
+            "timezone",
+        ),
+        (
+            "sites",
+            json!({"portfolio_id": ids.portfolio, "name": "S2"}),
+            "location",
+        ),
+        (
+            "meters",
+            json!({"site_id": ids.site, "category": "CONS", "name": "M"}),
+            "external_id",
+        ),
+        (
+            "assets",
+            json!({"meter_id": ids.meter, "name": "A"}),
+            "manufacturer",
+        ),
+        (
+            "energy-sources",
+            json!({"meter_id": ids.meter, "kind": "wind"}),
+            "name",
+        ),
+        (
+            "grid-links",
+            json!({"site_id": ids.site, "name": "G", "direction": "in"}),
+            "provider",
+        ),
+        (
+            "recommendations",
+            json!({"site_id": ids.site, "title": "R", "category": "tariff"}),
+            "currency",
+        ),
+    ] {
+        let table = crud::TABLES
+            .iter()
+            .find(|t| t.path == collection)
+            .expect("a table");
+        let max = crud::max_chars(table.name, field).expect("a limit");
+        let mut body = base.clone();
+        body[field] = json!("x".repeat(max + 1));
+        let r = api
+            .call("POST", &format!("/api/v1/{collection}"), Some(body.clone()))
+            .await;
+        let message = r.assert_error(400, "invalid", Some(field));
+        assert!(message.contains(&max.to_string()), "{message}");
+        assert_eq!(counts(&client).await, before, "{collection}.{field}");
+        body[field] = json!("x".repeat(max));
+        let row = api.create(collection, body).await;
+        assert_eq!(row[field].as_str().map(|s| s.chars().count()), Some(max));
+        api.call(
+            "DELETE",
+            &format!("/api/v1/{collection}/{}?hard=true", id(&row)),
+            None,
+        )
+        .await;
+    }
+    api.call(
+        "PATCH",
+        &meter,
+        Some(json!({"description": "d".repeat(10_001)})),
+    )
+    .await
+    .assert_error(400, "invalid", Some("description"));
+    assert_eq!(api.get(&meter).await.json()["description"], Value::Null);
+}
+
+/// A write whose answer cannot be made writes nothing. Here the row cannot be read back because
+/// a trigger (standing in for any other writer) stores a jsonb number beyond f64; the client
+/// gets a JSON 500 and the create, the patch and the soft delete are all rolled back.
+#[tokio::test]
+async fn a_write_whose_row_cannot_be_read_back_is_rolled_back() {
+    let api = Api::start().await;
+    let client = api.db().await;
+    let ids = support::insert_hierarchy(&client).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION unreadable() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.metadata := '{\"x\": 1e400}'; RETURN NEW; END $$;
+             CREATE TRIGGER unreadable BEFORE INSERT OR UPDATE ON meters
+                 FOR EACH ROW EXECUTE FUNCTION unreadable();",
+        )
+        .await
+        .expect("trigger");
+    let before = counts(&client).await;
+    let path = format!("/api/v1/meters/{}", ids.meter);
+    let snapshot = || async {
+        client
+            .query_one(
+                "SELECT name, active, metadata::text FROM meters WHERE id = $1",
+                &[&ids.meter],
+            )
+            .await
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, bool>(1),
+                    r.get::<_, String>(2),
+                )
+            })
+            .expect("the meter")
+    };
+    let was = snapshot().await;
+    let requests = [
+        (
+            "POST",
+            "/api/v1/meters".to_string(),
+            Some(json!({"site_id": ids.site, "name": "M", "category": "CONS"})),
+        ),
+        ("PATCH", path.clone(), Some(json!({"name": "renamed"}))),
+        ("DELETE", path.clone(), None),
+    ];
+    for (method, path, body) in requests {
+        api.call(method, &path, body)
+            .await
+            .assert_error(500, "internal", None);
+        assert_eq!(counts(&client).await, before, "{method} {path}");
+        assert_eq!(snapshot().await, was, "{method} {path}");
+    }
+    // Reads of such a row are a JSON 500 too, not a dropped connection.
+    client
+        .execute("ALTER TABLE meters DISABLE TRIGGER unreadable", &[])
+        .await
+        .expect("disable");
+    client
+        .execute(
+            "UPDATE meters SET metadata = '{\"x\": 1e400}' WHERE id = $1",
+            &[&ids.meter],
+        )
+        .await
+        .expect("store it directly");
+    api.get(&path).await.assert_error(500, "internal", None);
+    api.get("/api/v1/meters")
+        .await
+        .assert_error(500, "internal", None);
+}
+
+/// A panicking handler under the API's panic layer answers a JSON 500 (not a closed
+/// connection), every time, and the server goes on serving.
+#[tokio::test]
+async fn a_panic_in_a_handler_is_a_json_500_not_a_dropped_connection() {
+    let db = support::migrated_db().await;
+    let app = axum::Router::new()
+        .route(
+            "/api/v1/boom",
+            axum::routing::get(|| async {
+                let items: Vec<u8> = Vec::new();
+                // An index out of bounds: the kind of bug the layer is for.
+                items[usize::from(items.is_empty())].to_string()
+            }),
+        )
+        .route_layer(admin::catch_panic())
+        .merge(admin::router(state(&db), TOKEN.to_string()));
+    let (port, server) = serve(app).await;
+    let api = Api {
+        port,
+        token: TOKEN.to_string(),
+        db_url: db,
+        server,
+    };
+    for _ in 0..2 {
+        api.get("/api/v1/boom")
+            .await
+            .assert_error(500, "internal", None);
+    }
+    assert_eq!(api.get("/api/v1/portfolios").await.status, 200);
+}
+
+/// The read side decodes rows with `try_get` too. A server with the legacy
+/// `extra_float_digits = 0` prints f64::MAX rounded to 15 digits, past f64's range, so the row
+/// cannot be decoded: a JSON 500 (and a log line), never a dropped connection.
+#[tokio::test]
+async fn readings_the_api_cannot_decode_are_a_json_500() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let ids = support::insert_hierarchy(&client).await;
+    client
+        .execute(
+            "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit)
+             VALUES ('meter', $1, 'power', now() - interval '1 minute', $2, 'kW')",
+            &[&ids.meter, &f64::MAX],
+        )
+        .await
+        .expect("a reading");
+    let api = Api::start_with(&db, TOKEN).await;
+    let path = format!("/api/v1/meters/{}/measurements", ids.meter);
+    let ok = api.get(&path).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["items"][0]["value"].as_f64(), Some(f64::MAX));
+    // New connections of the pool get the setting; the ones already open keep theirs.
+    client
+        .batch_execute(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0',
+                                        current_database()); END $$",
+        )
+        .await
+        .expect("legacy float output");
+    let legacy = Api::start_with(&db, TOKEN).await;
+    legacy.get(&path).await.assert_error(500, "internal", None);
 }

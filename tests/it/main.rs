@@ -11,5 +11,6 @@ mod ingest;
 mod properties;
 mod provision;
 mod schema;
+mod schemathesis;
 mod support;
 mod transport;

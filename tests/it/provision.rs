@@ -641,3 +641,130 @@ async fn unreadable_files_are_one_clear_error() {
         .expect_err("refused");
     assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
 }
+
+/// The API's text limits (one declaration, `crud::max_chars`) and f64's range hold for the file
+/// too: each breach is a problem at its path, before the database sees anything.
+#[tokio::test]
+async fn over_long_text_and_numbers_beyond_f64_are_problems_with_their_path() {
+    let env = env().await;
+    let file = env.write(
+        "long.yaml",
+        &format!(
+            "portfolios:
+  - name: {huge}
+  - name: P
+    sites:
+      - name: S
+        industry_type: office
+        timezone: {tz}
+        meters:
+          - external_id: m1
+            name: M
+            category: CONS
+            description: {description}
+            assets:
+              - external_id: {id}
+                name: A
+                model: {name}
+            energy_sources:
+              - external_id: e1
+                name: E
+                kind: solar
+                capacity_kw: 1e400
+        grid_links:
+          - name: G
+            direction: in
+            provider: {name}
+",
+            huge = "x".repeat(1_000_000),
+            tz = "Z".repeat(65),
+            description = "é".repeat(10_001),
+            id = "a".repeat(201),
+            name = "n".repeat(201),
+        ),
+    );
+    let problems = env.refused(&file).await;
+    let s = "portfolios[1].sites[0]";
+    let expected = [
+        "portfolios[0].name: must be at most 200 characters, found 1000000".to_string(),
+        format!("{s}.timezone: must be at most 64 characters, found 65"),
+        format!("{s}.meters[0].description: must be at most 10000 characters, found 10001"),
+        format!("{s}.meters[0].assets[0].external_id: must be at most 200 characters, found 201"),
+        format!("{s}.meters[0].assets[0].model: must be at most 200 characters, found 201"),
+        format!(
+            "{s}.meters[0].energy_sources[0].capacity_kw: must be a finite number, found 1e400"
+        ),
+        format!("{s}.grid_links[0].provider: must be at most 200 characters, found 201"),
+    ];
+    for needle in &expected {
+        assert!(
+            problems.iter().any(|l| l.starts_with(needle.as_str())),
+            "{needle:?} not in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    assert_eq!(env.counts().await, expected_counts([0; 7]));
+
+    // JSON has no string fallback: a number beyond f64 is a parse error with its position.
+    let json = env.write(
+        "big.json",
+        r#"{"portfolios": [{"name": "P", "metadata": {"x": 1e400}}]}"#,
+    );
+    let err = provision::run(&env.db, &json, false)
+        .await
+        .expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot parse") && text.contains("number out of range at line 1 column"),
+        "{text}"
+    );
+    assert_eq!(env.counts().await, expected_counts([0; 7]));
+}
+
+/// The largest finite numbers are stored, read back as JSON the way the API reads rows
+/// (`to_jsonb`), and a second run finds nothing to change.
+#[tokio::test]
+async fn the_largest_finite_numbers_provision_and_read_back() {
+    let env = env().await;
+    let text = format!(
+        "portfolios:
+  - name: P
+    metadata: {{max: 1.7976931348623157e308, min: -1.7976931348623157e308}}
+    sites:
+      - name: S
+        industry_type: office
+        meters:
+          - external_id: m1
+            name: {name}
+            category: CONS
+            energy_sources:
+              - external_id: e1
+                name: E
+                kind: solar
+                capacity_kw: 1.7976931348623157e308
+",
+        name = "é".repeat(200),
+    );
+    let file = env.write("big.yaml", &text);
+    let plan = env.provision(&file).await;
+    assert_eq!(plan.count(Kind::EnergySource, Action::Created), 1, "{plan}");
+    let source: serde_json::Value = env
+        .client
+        .query_one("SELECT to_jsonb(e) FROM energy_sources e", &[])
+        .await
+        .expect("read back")
+        .try_get(0)
+        .expect("decodes as JSON");
+    assert_eq!(source["capacity_kw"].as_f64(), Some(f64::MAX), "{source}");
+    let portfolio: serde_json::Value = env
+        .client
+        .query_one("SELECT to_jsonb(p) FROM portfolios p", &[])
+        .await
+        .expect("read back")
+        .try_get(0)
+        .expect("decodes as JSON");
+    assert_eq!(portfolio["metadata"]["max"].as_f64(), Some(f64::MAX));
+    assert_eq!(portfolio["metadata"]["min"].as_f64(), Some(f64::MIN));
+    let again = env.provision(&file).await;
+    assert_eq!(again.changes(), 0, "{again}");
+}
