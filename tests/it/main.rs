@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod common;
+mod dashboard;
 mod deploy;
 mod faults;
 mod harness;
