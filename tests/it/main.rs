@@ -1,4 +1,5 @@
-//! The one integration-test binary: real PostgreSQL and mosquitto, started by `common`.
+//! The one integration-test binary: real PostgreSQL, mosquitto and Prometheus, started by
+//! `common`.
 
 mod admin;
 mod cli;
@@ -12,4 +13,5 @@ mod properties;
 mod provision;
 mod schema;
 mod support;
+mod top;
 mod transport;
