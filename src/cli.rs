@@ -48,6 +48,9 @@ pub enum Command {
     /// A gateway simulator and load generator: publishes readings for the active meters and
     /// energy sources in the database.
     Simulate(crate::simulate::SimulateArgs),
+    /// A terminal view of a running daemon from its /metrics, refreshed every second:
+    /// throughput, rejections by reason, latency, buffers, broker, database, memory.
+    Top(crate::top::TopArgs),
 }
 
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
@@ -97,6 +100,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             telemetry::init_logs(&config.log, LogTarget::Stderr);
             crate::simulate::run(&config, args).await
         }
+        // No logs: the terminal is the view (and `--once`'s stdout is the snapshot).
+        Command::Top(args) => crate::top::run(&config, args).await,
         Command::Run => {
             telemetry::init_logs(&config.log, LogTarget::Stdout);
             run(config).await

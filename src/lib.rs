@@ -24,5 +24,6 @@ pub mod seed;
 pub mod simulate;
 pub mod telemetry;
 pub mod tls;
+pub mod top;
 pub mod validate;
 pub mod write;

@@ -1,4 +1,5 @@
-//! Every CLI failure mode gives one clear line on stderr and a non-zero exit.
+//! Every CLI failure mode gives one clear line on stderr and a non-zero exit; the README lists
+//! every command.
 
 use crate::support::{self, Cmd};
 
@@ -153,4 +154,22 @@ async fn provisioning_the_example_inventory_twice_changes_nothing_the_second_tim
             .contains("total: 0 created, 0 updated, 0 moved, 19 unchanged"),
         "{second:?}"
     );
+}
+
+#[test]
+fn the_readme_command_table_lists_every_subcommand() {
+    use clap::CommandFactory as _;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let documented: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `enalysis-ingest "))
+        .filter_map(|rest| rest.split([' ', '`']).next())
+        .map(str::to_string)
+        .collect();
+    let commands: std::collections::BTreeSet<String> = enalysis_ingest::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    assert_eq!(documented, commands, "README's command table vs `--help`");
 }

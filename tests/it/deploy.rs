@@ -1,7 +1,9 @@
 //! deploy/ stays true to the code: every environment variable it names is a config key with a
 //! valid value, every metric its rules use is one the daemon exports, ports and stop timeouts
-//! agree with the configuration, the compose broker keeps production's no-loss settings, and
-//! promtool accepts the rules and their unit tests. No server is started here.
+//! agree with the configuration, the compose broker keeps production's no-loss settings, the
+//! Grafana dashboard shows only exported metrics and is provisioned, and promtool accepts the
+//! rules and their unit tests. No server is started here (tests/it/dashboard.rs runs the
+//! dashboard and the rules against a real Prometheus).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -23,6 +25,9 @@ const RULES_TEST: &str = "deploy/prometheus/rules_test.yml";
 const MOSQUITTO_PROD: &str = "deploy/mosquitto/mosquitto.conf";
 const MOSQUITTO_COMPOSE: &str = "deploy/mosquitto/mosquitto.compose.conf";
 const GRAFANA_DATASOURCE: &str = "deploy/grafana/provisioning/datasources/prometheus.yaml";
+const GRAFANA_DASHBOARD_PROVIDER: &str =
+    "deploy/grafana/provisioning/dashboards/enalysis-ingest.yaml";
+const DASHBOARD: &str = crate::dashboard::DASHBOARD;
 const DEPLOY_README: &str = "deploy/README.md";
 
 /// The alerts an operator relies on; renaming one breaks their routing.
@@ -293,23 +298,7 @@ fn the_rules_use_only_metrics_the_daemon_exports() {
     }
 
     for expr in &exprs {
-        for ident in promql_identifiers(expr) {
-            if ident.starts_with("ingest_") || ident.starts_with("process_") {
-                let base = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| ident.strip_suffix(s))
-                    .filter(|base| exported.contains(*base));
-                assert!(
-                    exported.contains(&ident) || base.is_some(),
-                    "{ident} (in `{expr}`) is not in src/telemetry.rs `names`: {exported:?}"
-                );
-            } else if ident.contains(':') {
-                assert!(
-                    records.contains(&ident),
-                    "{ident} is used but not recorded in {RULES}"
-                );
-            }
-        }
+        assert_known_metrics(RULES, expr, &exported, &records);
     }
     // Annotations point operators at recorded series: those must exist as well.
     for text in &texts {
@@ -321,6 +310,163 @@ fn the_rules_use_only_metrics_the_daemon_exports() {
             );
         }
     }
+}
+
+/// Every daemon metric `expr` (found in `source`) uses is in `exported`, with the histogram
+/// suffixes allowed, and every recorded series (`a:b:c`) is one of `records`. Returns the
+/// daemon metrics used (histograms by their base name).
+fn assert_known_metrics(
+    source: &str,
+    expr: &str,
+    exported: &BTreeSet<String>,
+    records: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for ident in promql_identifiers(expr) {
+        if ident.starts_with("ingest_") || ident.starts_with("process_") {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| ident.strip_suffix(s))
+                .filter(|base| exported.contains(*base));
+            assert!(
+                exported.contains(&ident) || base.is_some(),
+                "{source}: {ident} (in `{expr}`) is not in src/telemetry.rs `names`: {exported:?}"
+            );
+            used.insert(base.map_or(ident.clone(), str::to_string));
+        } else if ident.contains(':') {
+            assert!(
+                records.contains(&ident),
+                "{source}: {ident} is used but not recorded in {RULES}"
+            );
+        }
+    }
+    used
+}
+
+/// What issue #16 puts on the dashboard: every stage of a reading's path, the broker, the
+/// database and the process. (Corrections and silent entities have no metric yet.)
+const DASHBOARD_METRICS: [&str; 18] = [
+    names::MESSAGES_RECEIVED,
+    names::READINGS_ACCEPTED,
+    names::READINGS_REJECTED,
+    names::READINGS_DUPLICATE,
+    names::MESSAGES_ISOLATED,
+    names::END_TO_END_LATENCY,
+    names::FLUSH_DURATION,
+    names::BATCH_ROWS,
+    names::BUFFERED_READINGS,
+    names::BUFFERED_BYTES,
+    names::MQTT_UNACKED,
+    names::MQTT_CONNECTED,
+    names::MQTT_RECONNECTS,
+    names::DB_ERRORS,
+    names::DB_POOL_CONNECTIONS,
+    names::DB_POOL_WAITING,
+    names::PROCESS_RESIDENT_MEMORY,
+    names::PROCESS_CPU_SECONDS,
+];
+
+#[test]
+fn the_dashboard_shows_every_stage_with_exported_metrics_and_is_provisioned() {
+    use crate::dashboard;
+    let exported = exported_metric_names();
+    let board = dashboard::load();
+    let uid = yaml(GRAFANA_DATASOURCE)["datasources"][0]["uid"]
+        .as_str()
+        .expect("the data source has a uid")
+        .to_string();
+
+    let mut used = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in dashboard::panels(&board) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        let id = panel["id"].as_u64().expect("every panel has an id");
+        assert!(ids.insert(id), "panel id {id} ({title}) used twice");
+        let pos = &panel["gridPos"];
+        let (x, w) = (pos["x"].as_u64(), pos["w"].as_u64());
+        assert!(
+            matches!((x, w), (Some(x), Some(w)) if w > 0 && x + w <= 24),
+            "{title}: gridPos {pos} outside Grafana's 24 columns"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], uid,
+            "{title}: not on the provisioned data source"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert_eq!(
+                t["datasource"]["uid"], uid,
+                "{title}: a query on another data source"
+            );
+            let expr = t["expr"].as_str().unwrap_or_default();
+            assert!(!expr.trim().is_empty(), "{title}: an empty query");
+            used.extend(assert_known_metrics(
+                DASHBOARD,
+                expr,
+                &exported,
+                &BTreeSet::new(),
+            ));
+        }
+    }
+    for name in DASHBOARD_METRICS {
+        assert!(used.contains(name), "{DASHBOARD}: no panel shows {name}");
+    }
+
+    // Variables: queried from the daemon's own metrics; the byte budget's default is the
+    // daemon's default.
+    let defaults = effective(&[]);
+    for var in dashboard::variables(&board) {
+        let name = var["name"].as_str().unwrap_or_default();
+        match var["type"].as_str() {
+            Some("query") => {
+                let definition = var["definition"].as_str().unwrap_or_default();
+                let (selector, _) = dashboard::label_values_query(definition)
+                    .unwrap_or_else(|| panic!("variable {name}: {definition}"));
+                assert_known_metrics(DASHBOARD, selector, &exported, &BTreeSet::new());
+                assert_eq!(var["datasource"]["uid"], uid, "variable {name}");
+            }
+            Some("textbox") if name == "max_buffered_bytes" => assert_eq!(
+                var["query"].as_str(),
+                Some(default_string(&defaults, "ingest.max_buffered_bytes").as_str()),
+                "{DASHBOARD}: $max_buffered_bytes is not the default ingest.max_buffered_bytes"
+            ),
+            other => panic!("variable {name}: type {other:?} unexpected"),
+        }
+    }
+
+    // Provisioning: the provider reads the directory compose mounts the dashboards at.
+    let provider = yaml(GRAFANA_DASHBOARD_PROVIDER);
+    let path = provider["providers"][0]["options"]["path"]
+        .as_str()
+        .expect("providers[0].options.path");
+    let source = Path::new(DASHBOARD)
+        .parent()
+        .and_then(|d| d.strip_prefix("deploy").ok())
+        .expect("the dashboard is under deploy/");
+    let mount = format!("../{}:{path}:ro", source.display());
+    let grafana_volumes: Vec<String> = yaml(COMPOSE)["services"]["grafana"]["volumes"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    assert!(
+        grafana_volumes.contains(&mount),
+        "{COMPOSE}: grafana does not mount {mount} (the provider reads {path}): {grafana_volumes:?}"
+    );
+    assert!(
+        grafana_volumes
+            .iter()
+            .any(|v| v == "../grafana/provisioning:/etc/grafana/provisioning:ro"),
+        "{COMPOSE}: grafana does not mount the provisioning directory"
+    );
 }
 
 /// The string literals of `pub mod names` in src/telemetry.rs, read as text.
@@ -399,6 +545,7 @@ fn config_keys_named_in_deploy_files_exist() {
         MOSQUITTO_PROD,
         UNIT,
         DEPLOY_README,
+        DASHBOARD,
     ] {
         let text = read(source);
         for key in dotted_words(&text) {

@@ -8,7 +8,7 @@ use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 
-use crate::common::{self, Broker, PASSWORD_USER_PASSWORD, PgServer};
+use crate::common::{self, Broker, PASSWORD_USER_PASSWORD, PgServer, Prometheus};
 
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -146,6 +146,41 @@ async fn dropped_servers_leave_no_process_and_no_directory() {
             "port {port} still accepts connections after drop"
         );
     }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_its_job_every_second_and_leaves_nothing_behind() {
+    // A target where nothing listens: `up` is 0 for it after the first scrape, which shows the
+    // job, the target and the interval were taken from the generated configuration.
+    let target = format!("127.0.0.1:{}", common::free_port());
+    let prom = Prometheus::start("harness-job", std::slice::from_ref(&target), &[]);
+    common::wait_until(
+        Duration::from_secs(10),
+        "prometheus to record a failed scrape of the target",
+        || async {
+            let up = prom
+                .query(r#"up{job="harness-job"}"#)
+                .await
+                .unwrap_or_default();
+            up.len() == 1
+                && up[0]["metric"]["instance"] == target.as_str()
+                && up[0]["value"][1] == "0"
+        },
+    )
+    .await;
+    let err = prom
+        .query("sum(")
+        .await
+        .expect_err("a query that does not parse");
+    assert!(err.starts_with("bad_data"), "{err}");
+    let (dir, port) = (prom.dir().to_path_buf(), prom.port());
+    drop(prom);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err(),
+        "port {port} still accepts connections after drop"
+    );
 }
 
 #[tokio::test]

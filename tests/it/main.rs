@@ -1,8 +1,10 @@
-//! The one integration-test binary: real PostgreSQL and mosquitto, started by `common`.
+//! The one integration-test binary: real PostgreSQL, mosquitto and Prometheus, started by
+//! `common`.
 
 mod admin;
 mod cli;
 mod common;
+mod dashboard;
 mod deploy;
 mod faults;
 mod harness;
@@ -13,4 +15,5 @@ mod provision;
 mod schema;
 mod schemathesis;
 mod support;
+mod top;
 mod transport;

@@ -442,3 +442,58 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A daemon on a known HTTP port that has judged a little traffic of every kind the dashboard
+/// and `top` show: [`Traffic::ACCEPTED`] readings stored (two per message) and one message
+/// rejected for each of [`Traffic::REJECTED`].
+pub struct Traffic {
+    // Held for their Drop: the daemon is killed and the broker stopped with the `Traffic`.
+    _daemon: Daemon,
+    _broker: common::Broker,
+}
+
+impl Traffic {
+    pub const ACCEPTED: i64 = 6;
+    pub const REJECTED: [&'static str; 2] = ["malformed_payload", "unknown_metric"];
+
+    /// Starts a broker and a daemon listening on `http_port` (see [`common::free_port`]),
+    /// publishes, and returns once every reading is stored.
+    pub async fn start(http_port: u16) -> Traffic {
+        let db = migrated_db().await;
+        let client = connect(&db).await;
+        let ids = insert_hierarchy(&client).await;
+        let broker = common::Broker::start();
+        let mut env = daemon_env(&db, &broker.url());
+        env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+        env.push((
+            "ENALYSIS_HTTP_ADDR".into(),
+            format!("127.0.0.1:{http_port}"),
+        ));
+        let daemon = Daemon::start(&env).await;
+        let p = Publisher::connect(&broker.url()).await;
+        let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+        let base = chrono::Utc::now() - chrono::Duration::minutes(1);
+        let reading = |i: i64| {
+            let ts = (base + chrono::Duration::milliseconds(i)).to_rfc3339();
+            serde_json::json!({"ts": ts, "metric": "power", "value": i as f64})
+        };
+        for i in (0..Self::ACCEPTED).step_by(2) {
+            let two = serde_json::json!([reading(i), reading(i + 1)]);
+            p.publish(&topic, two.to_string()).await;
+        }
+        p.publish(&topic, b"{not json".to_vec()).await;
+        let unknown = serde_json::json!({"ts": base.to_rfc3339(), "metric": "vibes", "value": 1.0});
+        p.publish(&topic, unknown.to_string()).await;
+        wait_count(&client, "SELECT count(*) FROM measurements", Self::ACCEPTED).await;
+        wait_count(
+            &client,
+            "SELECT count(*) FROM rejected_readings",
+            Self::REJECTED.len() as i64,
+        )
+        .await;
+        Traffic {
+            _daemon: daemon,
+            _broker: broker,
+        }
+    }
+}

@@ -1,21 +1,24 @@
-//! Test harness: real PostgreSQL and mosquitto servers from the local install, started in temp
-//! dirs on free loopback ports, cleaned up even when the test binary is killed.
+//! Test harness: real PostgreSQL, mosquitto and Prometheus servers from the local install, started
+//! in temp dirs on free loopback ports, cleaned up even when the test binary is killed.
 //!
 //! - [`shared_pg`] + [`fresh_db`]: one cluster per test binary, one database per test.
 //! - [`PgServer::dedicated`]: a cluster of its own, for tests that stop and restart it.
 //! - [`Broker::start`]: a mosquitto per test.
+//! - [`Prometheus::start`]: a Prometheus per test, scraping the daemons it is given.
 //! - [`PgServer::dedicated_with_options`]: one with its own settings, files and TCP rules
 //!   (e.g. TLS only).
 //! - [`TestPki`]: a private CA and a server certificate for TLS tests.
 //! - [`wait_until`]: poll, never sleep.
 //!
-//! Needs `apt-get install -y postgresql mosquitto`. Overrides: `PG_BINDIR`, `MOSQUITTO_BIN`.
+//! Needs `apt-get install -y postgresql mosquitto prometheus`. Overrides: `PG_BINDIR`,
+//! `MOSQUITTO_BIN`, `PROMETHEUS_BIN`.
 #![allow(dead_code)] // every test module uses a different part
 
 mod broker;
 mod certs;
 mod pg;
 mod process;
+mod prometheus;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -28,6 +31,8 @@ pub use pg::{
     Hba, PASSWORD_LOGIN_GROUP, PASSWORD_USER, PASSWORD_USER_PASSWORD, PgOptions, PgServer, TestDb,
     fresh_db, shared_pg,
 };
+#[allow(unused_imports)] // the benchmark does not use it
+pub use prometheus::Prometheus;
 
 /// A loopback port that was free a moment ago (bind 127.0.0.1:0, read, close). Servers started
 /// on it retry with a new one if somebody else took it in between.
