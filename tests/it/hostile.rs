@@ -15,33 +15,13 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::common;
-use crate::support::{self, Daemon, Ids, Publisher, daemon_env};
+use crate::support::{self, Daemon, Publisher, daemon_env, setup};
 
 /// `ingest.max_payload_bytes`, the shipped default: a larger message is `payload_too_large`.
 const MAX_PAYLOAD: usize = 256 * 1024;
 const DAY_MS: i64 = 86_400_000;
 /// The gateway of issue #11: one JSON array of this many CONS readings of −3.5 kW.
 const WEDGE_READINGS: usize = 3240;
-
-struct Setup {
-    db: String,
-    client: tokio_postgres::Client,
-    ids: Ids,
-    broker: common::Broker,
-}
-
-async fn setup() -> Setup {
-    let db = support::migrated_db().await;
-    let client = support::connect(&db).await;
-    let ids = support::insert_hierarchy(&client).await;
-    let broker = common::Broker::start();
-    Setup {
-        db,
-        client,
-        ids,
-        broker,
-    }
-}
 
 fn meter_topic(key: &str) -> String {
     format!("enalysis/v1/meters/{key}/readings")

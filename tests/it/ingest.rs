@@ -5,30 +5,10 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::json;
 
 use crate::common;
-use crate::support::{self, Daemon, Ids, Publisher, daemon_env, wait_count};
+use crate::support::{self, Daemon, Publisher, daemon_env, setup, wait_count};
 
 const MEAS: &str = "SELECT count(*) FROM measurements";
 const REJ: &str = "SELECT count(*) FROM rejected_readings";
-
-struct Setup {
-    db: String,
-    client: tokio_postgres::Client,
-    ids: Ids,
-    broker: common::Broker,
-}
-
-async fn setup() -> Setup {
-    let db = support::migrated_db().await;
-    let client = support::connect(&db).await;
-    let ids = support::insert_hierarchy(&client).await;
-    let broker = common::Broker::start();
-    Setup {
-        db,
-        client,
-        ids,
-        broker,
-    }
-}
 
 async fn ext(client: &tokio_postgres::Client, table: &str, id: uuid::Uuid) -> String {
     client

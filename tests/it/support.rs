@@ -30,6 +30,28 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// What most pipeline tests start from: a migrated database with the inventory of
+/// [`insert_hierarchy`], a client on it, and a broker.
+pub struct Setup {
+    pub db: String,
+    pub client: tokio_postgres::Client,
+    pub ids: Ids,
+    pub broker: common::Broker,
+}
+
+pub async fn setup() -> Setup {
+    let db = migrated_db().await;
+    let client = connect(&db).await;
+    let ids = insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    Setup {
+        db,
+        client,
+        ids,
+        broker,
+    }
+}
+
 /// Ids of the inventory made by [`insert_hierarchy`].
 #[derive(Debug, Clone)]
 pub struct Ids {
