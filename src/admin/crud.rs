@@ -137,7 +137,9 @@ pub enum Rule {
         message: &'static str,
     },
     /// A column referring to the same table must not form a cycle (a parent-asset chain).
-    Acyclic { column: &'static str },
+    /// Every writer of the column holds the advisory lock `lock` ([`crate::locks`]) from its
+    /// cycle check to its commit.
+    Acyclic { column: &'static str, lock: i64 },
 }
 
 /// One table of the API.
@@ -363,6 +365,7 @@ pub static TABLES: &[Table] = &[
         read_only: false,
         rules: &[Rule::Acyclic {
             column: "parent_asset_id",
+            lock: crate::locks::ASSET_PARENTS,
         }],
         columns: &[
             ID,
@@ -972,20 +975,18 @@ async fn update(
         .await
         .map_err(|e| ApiError::from_pg(&e))?;
     for rule in t.rules {
-        let Rule::Acyclic { column } = rule else {
+        let Rule::Acyclic { column, lock } = rule else {
             continue;
         };
         let Some((_, Some(parent))) = params.iter().find(|(c, _)| c.name == *column) else {
             continue;
         };
-        // Serialises the changes of this column, so two concurrent patches cannot each pass
-        // the check and close a cycle together. Held until commit.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            &[&format!("enalysis-admin {}.{}", t.name, column)],
-        )
-        .await
-        .map_err(|e| ApiError::from_pg(&e))?;
+        // Serialises the changes of this column with every other writer of it (other patches,
+        // `provision`), so two of them cannot each pass the check and close a cycle together.
+        // Held until commit.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[lock])
+            .await
+            .map_err(|e| ApiError::from_pg(&e))?;
         // Walk up from the new parent; reaching this row means it would become its own
         // ancestor. UNION (not UNION ALL) ends the walk even on a cycle made by plain SQL.
         let cyclic: bool = tx

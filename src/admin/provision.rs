@@ -47,9 +47,7 @@ use super::crud::{
     READING_FREQUENCY as READING_FREQUENCIES, RELATIONSHIP as RELATIONSHIPS,
 };
 
-/// Serialises provisioning runs against each other (a transaction-scoped advisory lock), so two
-/// operators running it at once do not both try to insert the same new rows.
-const ADVISORY_LOCK_KEY: i64 = 0x656e_616c_7973_6973; // "enalysis"
+use crate::locks;
 
 // ---------------------------------------------------------------------------------------------
 // The public face: run, the plan it returns, the problems it refuses with.
@@ -85,10 +83,16 @@ pub async fn run(db: &Db, path: &Path, dry_run: bool) -> anyhow::Result<Plan> {
         .await
         .map_err(pg)
         .context("cannot start a transaction")?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADVISORY_LOCK_KEY])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::PROVISION])
         .await
         .map_err(pg)
         .context("cannot take the provisioning lock")?;
+    // Before the checks, so that the cycle check sees every committed parent change and none
+    // can come between it and the writes (the API's PATCH takes the same lock).
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&locks::ASSET_PARENTS])
+        .await
+        .map_err(pg)
+        .context("cannot take the asset-parent lock")?;
     let known = check_database(&tx, &inventory, &mut problems).await?;
     if !problems.is_empty() {
         drop(tx); // rolls back
