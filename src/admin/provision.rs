@@ -41,8 +41,8 @@ use crate::db::{Db, pg_error_message};
 
 // Labels of the schema's enums, shared with the API (a unit test keeps them in step with
 // migrations/0001_hierarchy.sql).
-use super::crud::{
-    self, DIRECTION as DIRECTIONS, ENERGY_SOURCE_KIND as ENERGY_SOURCE_KINDS,
+use super::schema::{
+    self as crud, DIRECTION as DIRECTIONS, ENERGY_SOURCE_KIND as ENERGY_SOURCE_KINDS,
     INDUSTRY_TYPE as INDUSTRY_TYPES, METER_CATEGORY as METER_CATEGORIES,
     READING_FREQUENCY as READING_FREQUENCIES, RELATIONSHIP as RELATIONSHIPS,
 };
