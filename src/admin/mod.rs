@@ -347,6 +347,7 @@ pub fn router(state: AdminState, token: String) -> Router {
     }
     crud::routes()
         .merge(read::routes())
+        .merge(openapi::routes())
         .route(
             "/api/v1/{*rest}",
             axum::routing::any(|| async { ApiError::not_found("no such route") }),

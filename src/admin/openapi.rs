@@ -3,16 +3,14 @@
 //! query parameters of [`read`] for the read side. Nothing here describes a column or a
 //! parameter of its own.
 
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
+use super::AdminState;
 use super::crud::{DEFAULT_LIMIT, MAX_LIMIT};
 use super::read;
-use super::schema::{Column, Kind, TABLES, Table};
-
-/// The OpenAPI schema name of a table's rows: "asset connection" → "AssetConnection".
-pub fn schema_name(t: &Table) -> String {
-    pascal_case(t.noun, ' ')
-}
+use super::schema::{Column, Kind, TABLES, Table, pascal_case, schema_name};
 
 fn column_schema(col: &Column) -> Value {
     let mut s = match col.kind {
@@ -66,6 +64,11 @@ fn param(name: &str, location: &str, schema: Value, description: &str) -> Value 
         "name": name, "in": location, "required": location == "path",
         "schema": schema, "description": description,
     })
+}
+
+/// `GET /api/v1/openapi.json`.
+pub fn routes() -> Router<AdminState> {
+    Router::new().route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
 }
 
 /// A JSON response with `schema`.
@@ -147,19 +150,6 @@ fn create_links(t: &Table) -> Value {
         }
     }
     Value::Object(links)
-}
-
-/// `source_asset_id` → `SourceAssetId` (with `_`), `asset connection` → `AssetConnection`.
-fn pascal_case(words: &str, separator: char) -> String {
-    words
-        .split(separator)
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 fn table_paths(t: &Table, paths: &mut Map<String, Value>) {

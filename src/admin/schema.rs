@@ -559,6 +559,26 @@ pub fn column(table: &str, column: &str) -> Option<&'static Column> {
     self::table(table)?.column(column)
 }
 
+// ---- Names --------------------------------------------------------------------------------
+
+/// The OpenAPI schema name of a table's rows: "asset connection" → "AssetConnection".
+pub fn schema_name(t: &Table) -> String {
+    pascal_case(t.noun, ' ')
+}
+
+/// `source_asset_id` → `SourceAssetId` (with `_`), `asset connection` → `AssetConnection`.
+pub fn pascal_case(words: &str, separator: char) -> String {
+    words
+        .split(separator)
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 // ---- Values ---------------------------------------------------------------------------------
 
 /// A checked value as the text PostgreSQL casts to its column's type; `None` is SQL NULL.
