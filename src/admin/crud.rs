@@ -96,8 +96,8 @@ fn to_param(col: &Column, v: &Value) -> Result<Param, ApiError> {
         },
         (Kind::Uuid { .. }, _) => return expected("a UUID string"),
         (Kind::Enum { labels, .. }, Value::String(s)) => match col.check_label(s) {
-            Ok(label) => label.to_string(),
-            Err(_) => return bad(format!("{} is not one of: {}", quote(s), labels.join(", "))),
+            Some(label) => label.to_string(),
+            None => return bad(format!("{} is not one of: {}", quote(s), labels.join(", "))),
         },
         (Kind::Enum { labels, .. }, _) => {
             return expected(&format!("a string, one of: {}", labels.join(", ")));
@@ -137,7 +137,6 @@ fn breach_message(b: Breach) -> String {
             (_, Some(max)) => format!("must be at most {max}, got {found}"),
             _ => format!("is out of range, got {found}"),
         },
-        Breach::NotALabel => "is not one of the allowed values".into(),
     }
 }
 

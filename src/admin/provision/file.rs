@@ -205,7 +205,6 @@ fn breach_message(b: Breach) -> String {
             (None, Some(max)) => format!("must be ≤ {max}, found {found}"),
             (None, None) => format!("is out of range, found {found}"),
         },
-        Breach::NotALabel => "is not one of the allowed values".into(),
     }
 }
 
@@ -370,7 +369,7 @@ impl<'v, 'p> Fields<'v, 'p> {
             );
             return "";
         };
-        if let Some(label) = column.and_then(|c| c.check_label(s).ok()) {
+        if let Some(label) = column.and_then(|c| c.check_label(s)) {
             return label;
         }
         let hint = allowed
