@@ -1312,6 +1312,15 @@ async fn lock_waiters(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// The one text value `sql` selects for `arg`.
+async fn one_text(client: &tokio_postgres::Client, sql: &str, arg: &str) -> String {
+    client
+        .query_one(sql, &[&arg])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
 /// Polls until `n` backends wait for a lock, or `done` says the other side finished.
 async fn until_waiting(client: &tokio_postgres::Client, n: i64, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -1367,20 +1376,20 @@ async fn a_patch_and_a_provision_run_at_once_cannot_close_a_parent_cycle() {
         )
         .expect("write");
         let client = api.db().await;
-        let id_of = |ext: &'static str| {
-            let client = &client;
-            async move {
-                client
-                    .query_one(
-                        "SELECT id::text FROM assets WHERE external_id = $1",
-                        &[&ext],
-                    )
-                    .await
-                    .expect("asset")
-                    .get::<_, String>(0)
-            }
-        };
-        let (a, b) = (id_of("a").await, id_of("b").await);
+        let (a, b) = (
+            one_text(
+                &client,
+                "SELECT id::text FROM assets WHERE external_id = $1",
+                "a",
+            )
+            .await,
+            one_text(
+                &client,
+                "SELECT id::text FROM assets WHERE external_id = $1",
+                "b",
+            )
+            .await,
+        );
 
         // The first writer stops at the row it writes: a for the file, b for the API.
         let mut holder = support::connect(&url).await;
@@ -1426,20 +1435,12 @@ async fn a_patch_and_a_provision_run_at_once_cannot_close_a_parent_cycle() {
             (second.await.expect("join"), first.await.expect("join"))
         };
 
-        let parent = |of: String| {
-            let client = &client;
-            async move {
-                client
-                    .query_one(
-                        "SELECT coalesce(parent_asset_id::text, '') FROM assets WHERE id = $1::text::uuid",
-                        &[&of],
-                    )
-                    .await
-                    .expect("parent")
-                    .get::<_, String>(0)
-            }
-        };
-        let (a_parent, b_parent) = (parent(a.clone()).await, parent(b.clone()).await);
+        let parent =
+            "SELECT coalesce(parent_asset_id::text, '') FROM assets WHERE id = $1::text::uuid";
+        let (a_parent, b_parent) = (
+            one_text(&client, parent, &a).await,
+            one_text(&client, parent, &b).await,
+        );
         let order = if provision_first {
             "the file first"
         } else {

@@ -90,15 +90,9 @@ impl Builder {
 
     /// `column`, whose file key is its name.
     fn value(&self, column: &str, arg: Arg) -> anyhow::Result<Value> {
-        let column = self
-            .table
-            .column(column)
-            .ok_or_else(|| anyhow!("no column {}.{column} in the schema", self.table.name))?;
-        Ok(Value {
-            column,
-            field: column.name,
-            arg,
-        })
+        let mut value = self.named(column, "", arg)?;
+        value.field = value.column.name;
+        Ok(value)
     }
 
     /// A row with `values`, plus `active` when the file gives it (see the module doc of
@@ -606,14 +600,8 @@ pub(super) fn parents_first<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::provision::file::tests::with_meter;
     use crate::admin::provision::file::{Format, decode, parse};
-
-    /// One site with one meter; `extra` is spliced into the meter, indented for it.
-    fn with_meter(extra: &str) -> String {
-        format!(
-            "portfolios:\n- name: P\n  sites:\n  - name: S\n    industry_type: datacenter\n    meters:\n    - external_id: m1\n      name: M\n      category: CONS\n{extra}"
-        )
-    }
 
     #[test]
     fn parents_are_written_before_their_children() {

@@ -725,7 +725,7 @@ fn connection(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> Connection
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::admin::provision::check::check_file;
 
@@ -738,7 +738,7 @@ mod tests {
     }
 
     /// One site with one meter; `extra` is spliced into the meter, indented for it.
-    fn with_meter(extra: &str) -> String {
+    pub(in crate::admin::provision) fn with_meter(extra: &str) -> String {
         format!(
             "portfolios:\n- name: P\n  sites:\n  - name: S\n    industry_type: datacenter\n    meters:\n    - external_id: m1\n      name: M\n      category: CONS\n{extra}"
         )
