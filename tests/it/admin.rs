@@ -916,6 +916,38 @@ async fn the_table_descriptions_match_the_schema() {
     }
 }
 
+/// The defaults of the table descriptions (what `provision` writes for a key a file leaves
+/// out) are the schema's: every writable column with a DEFAULT declares the same value, and no
+/// other column declares one.
+#[tokio::test]
+async fn the_declared_defaults_are_the_schemas() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let mut checked = 0;
+    for t in crud::TABLES {
+        for col in t.columns.iter().filter(|c| c.writable) {
+            let default: Option<String> = client
+                .query_one(
+                    "SELECT column_default::text FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+                    &[&t.name, &col.name],
+                )
+                .await
+                .expect("a column")
+                .get(0);
+            // `'{}'::jsonb`, `'UTC'::text`, `'out'::direction_enum`, `true`: the value only.
+            let default = default.map(|d| {
+                let value = d.split("::").next().unwrap_or(&d);
+                value.trim_matches('\'').to_string()
+            });
+            let what = format!("{}.{}", t.name, col.name);
+            assert_eq!(col.default.map(str::to_string), default, "{what}");
+            checked += usize::from(default.is_some());
+        }
+    }
+    assert!(checked >= 20, "{checked} defaults");
+}
+
 // ---- Regressions of issue #11 (schemathesis) -----------------------------------------------
 
 /// PostgreSQL prints a jsonb number in full decimal digits (f64::MAX as 309 digits); the row

@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::check::Known;
-use super::file::{AssetSpec, Inventory, MeterSpec};
+use super::file::{AssetSpec, Columns, Inventory, MeterSpec};
 use super::pg;
 use super::plan::{Kind, Outcome, Plan};
 use crate::admin::schema::{self, Column, Kind as ColumnKind, Param, Table};
@@ -49,14 +49,6 @@ struct Row {
 
 fn text(s: &str) -> Arg {
     Arg::Param(Some(s.to_string()))
-}
-
-fn opt_text(s: &Option<String>) -> Arg {
-    Arg::Param(s.clone())
-}
-
-fn number(x: Option<f64>) -> Arg {
-    Arg::Param(x.map(schema::float_param))
 }
 
 fn object(v: &Json) -> Arg {
@@ -132,10 +124,25 @@ fn at(index: &HashMap<&str, usize>, key: &str, what: &str) -> anyhow::Result<usi
         .ok_or_else(|| anyhow!("the {what} {key:?} is not written before what refers to it"))
 }
 
+/// The columns only the schema describes, as the file gave them (or their defaults).
+fn columns(columns: &Columns) -> impl Iterator<Item = Value> + '_ {
+    columns.iter().map(|(column, param)| Value {
+        column,
+        field: column.name,
+        arg: Arg::Param(param.clone()),
+    })
+}
+
 /// Every row the file names, in the order they are written: each kind after the kinds it
-/// refers to, and assets parents first.
+/// refers to, and assets parents first. Each row is its keys, its parent, the fields the file
+/// names by key (names, references), the columns only the schema describes, and `metadata`.
 fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
+    let with = |mut own: Vec<Value>, rest: &Columns, metadata: anyhow::Result<Value>| {
+        own.extend(columns(rest));
+        own.push(metadata?);
+        anyhow::Ok(own)
+    };
 
     let t = Builder::new("portfolios")?;
     let mut portfolios: HashMap<&str, usize> = HashMap::new();
@@ -146,10 +153,7 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
             p.name.clone(),
             vec![t.value("name", text(&p.name))?],
             None,
-            vec![
-                t.value("description", opt_text(&p.description))?,
-                t.value("metadata", object(&p.metadata))?,
-            ],
+            with(vec![], &p.columns, t.value("metadata", object(&p.metadata)))?,
             p.active,
         )?);
     }
@@ -160,6 +164,10 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
     for (p, s) in inv.sites() {
         let portfolio = at(&portfolios, &p.name, "portfolio")?;
         sites.insert(&s.path, rows.len());
+        let own = vec![
+            t.value("industry_type", text(s.industry_type))?,
+            t.value("timezone", text(&s.timezone))?,
+        ];
         rows.push(t.row(
             Kind::Site,
             format!("{} / {}", p.name, s.name),
@@ -168,14 +176,7 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
                 t.value("name", text(&s.name))?,
             ],
             None,
-            vec![
-                t.value("industry_type", text(s.industry_type))?,
-                t.value("location", opt_text(&s.location))?,
-                t.value("latitude", number(s.latitude))?,
-                t.value("longitude", number(s.longitude))?,
-                t.value("timezone", text(&s.timezone))?,
-                t.value("metadata", object(&s.metadata))?,
-            ],
+            with(own, &s.columns, t.value("metadata", object(&s.metadata)))?,
             s.active,
         )?);
     }
@@ -190,13 +191,11 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
             labelled(&m.external_id, &m.name),
             vec![t.value("external_id", text(&m.external_id))?],
             Some(t.value("site_id", Arg::Row(site))?),
-            vec![
-                t.value("name", text(&m.name))?,
-                t.value("category", text(m.category))?,
-                t.value("reading_frequency", text(m.reading_frequency))?,
-                t.value("description", opt_text(&m.description))?,
-                t.value("metadata", object(&m.metadata))?,
-            ],
+            with(
+                vec![t.value("name", text(&m.name))?],
+                &m.columns,
+                t.value("metadata", object(&m.metadata)),
+            )?,
             m.active,
         )?);
     }
@@ -229,22 +228,17 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
             None => id(None),
         };
         assets.insert(&a.external_id, rows.len());
+        let own = vec![
+            t.value("name", text(&a.name))?,
+            t.named("parent_asset_id", "parent", parent)?,
+            t.named("asset_type_id", "asset_type", asset_type)?,
+        ];
         rows.push(t.row(
             Kind::Asset,
             labelled(&a.external_id, &a.name),
             vec![t.value("external_id", text(&a.external_id))?],
             Some(t.value("meter_id", Arg::Row(meter))?),
-            vec![
-                t.value("name", text(&a.name))?,
-                t.named("parent_asset_id", "parent", parent)?,
-                t.named("asset_type_id", "asset_type", asset_type)?,
-                t.value("equipment", opt_text(&a.equipment))?,
-                t.value("manufacturer", opt_text(&a.manufacturer))?,
-                t.value("model", opt_text(&a.model))?,
-                t.value("rated_power_kw", number(a.rated_power_kw))?,
-                t.value("description", opt_text(&a.description))?,
-                t.value("metadata", object(&a.metadata))?,
-            ],
+            with(own, &a.columns, t.value("metadata", object(&a.metadata)))?,
             a.active,
         )?);
     }
@@ -257,18 +251,11 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
             labelled(&e.external_id, &e.name),
             vec![t.value("external_id", text(&e.external_id))?],
             Some(t.value("meter_id", Arg::Row(meter))?),
-            vec![
-                t.value("name", text(&e.name))?,
-                t.value("kind", text(e.kind))?,
-                t.value("capacity_kw", number(e.capacity_kw))?,
-                t.value("storage_capacity_kwh", number(e.storage_capacity_kwh))?,
-                t.value(
-                    "carbon_intensity_g_per_kwh",
-                    number(e.carbon_intensity_g_per_kwh),
-                )?,
-                t.value("description", opt_text(&e.description))?,
-                t.value("metadata", object(&e.metadata))?,
-            ],
+            with(
+                vec![t.value("name", text(&e.name))?],
+                &e.columns,
+                t.value("metadata", object(&e.metadata)),
+            )?,
             e.active,
         )?);
     }
@@ -284,13 +271,7 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
                 t.value("name", text(&g.name))?,
             ],
             None,
-            vec![
-                t.value("direction", text(g.direction))?,
-                t.value("capacity_kw", number(g.capacity_kw))?,
-                t.value("provider", opt_text(&g.provider))?,
-                t.value("tariff_structure", object(&g.tariff_structure))?,
-                t.value("metadata", object(&g.metadata))?,
-            ],
+            with(vec![], &g.columns, t.value("metadata", object(&g.metadata)))?,
             g.active,
         )?);
     }
@@ -306,11 +287,7 @@ fn rows(inv: &Inventory, known: &Known) -> anyhow::Result<Vec<Row>> {
                 t.value("relationship", text(c.relationship))?,
             ],
             None,
-            vec![
-                t.value("direction", text(c.direction))?,
-                t.value("description", opt_text(&c.description))?,
-                t.value("metadata", object(&c.metadata))?,
-            ],
+            with(vec![], &c.columns, t.value("metadata", object(&c.metadata)))?,
             c.active,
         )?);
     }

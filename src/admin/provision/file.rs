@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use yaml_serde::Value as Yaml;
 
 use super::plan::Problem;
-use crate::admin::schema::{self, Breach, Column};
+use crate::admin::schema::{self, Breach, Column, Kind, Param};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {
@@ -51,12 +51,17 @@ pub(super) struct Inventory {
     pub(super) portfolios: Vec<PortfolioSpec>,
 }
 
+/// The columns of a row that only the schema describes: every writable column of its table
+/// but its keys, names, references, `metadata` and `active` (the fields beside it), decoded by
+/// its kind and checked by its rules ([`Fields::columns`]).
+pub(super) type Columns = Vec<(&'static Column, Param)>;
+
 pub(super) struct PortfolioSpec {
     pub(super) path: String,
     pub(super) name: String,
-    pub(super) description: Option<String>,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
     pub(super) sites: Vec<SiteSpec>,
 }
 
@@ -64,12 +69,10 @@ pub(super) struct SiteSpec {
     pub(super) path: String,
     pub(super) name: String,
     pub(super) industry_type: &'static str,
-    pub(super) location: Option<String>,
-    pub(super) latitude: Option<f64>,
-    pub(super) longitude: Option<f64>,
     pub(super) timezone: String,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
     pub(super) meters: Vec<MeterSpec>,
     pub(super) grid_links: Vec<GridLinkSpec>,
     pub(super) asset_connections: Vec<ConnectionSpec>,
@@ -79,11 +82,9 @@ pub(super) struct MeterSpec {
     pub(super) path: String,
     pub(super) external_id: String,
     pub(super) name: String,
-    pub(super) category: &'static str,
-    pub(super) reading_frequency: &'static str,
-    pub(super) description: Option<String>,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
     pub(super) assets: Vec<AssetSpec>,
     pub(super) energy_sources: Vec<EnergySourceSpec>,
 }
@@ -92,50 +93,42 @@ pub(super) struct AssetSpec {
     pub(super) path: String,
     pub(super) external_id: String,
     pub(super) name: String,
+    /// An asset type's code.
     pub(super) asset_type: Option<String>,
+    /// The parent asset's external id.
     pub(super) parent: Option<String>,
-    pub(super) equipment: Option<String>,
-    pub(super) manufacturer: Option<String>,
-    pub(super) model: Option<String>,
-    pub(super) rated_power_kw: Option<f64>,
-    pub(super) description: Option<String>,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
 }
 
 pub(super) struct EnergySourceSpec {
     pub(super) path: String,
     pub(super) external_id: String,
     pub(super) name: String,
-    pub(super) kind: &'static str,
-    pub(super) capacity_kw: Option<f64>,
-    pub(super) storage_capacity_kwh: Option<f64>,
-    pub(super) carbon_intensity_g_per_kwh: Option<f64>,
-    pub(super) description: Option<String>,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
 }
 
 pub(super) struct GridLinkSpec {
     pub(super) path: String,
     pub(super) name: String,
-    pub(super) direction: &'static str,
-    pub(super) capacity_kw: Option<f64>,
-    pub(super) provider: Option<String>,
-    pub(super) tariff_structure: Json,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
 }
 
 pub(super) struct ConnectionSpec {
     pub(super) path: String,
+    /// The source asset's external id.
     pub(super) source: String,
+    /// The target asset's external id.
     pub(super) target: String,
     pub(super) relationship: &'static str,
-    pub(super) direction: &'static str,
-    pub(super) description: Option<String>,
     pub(super) metadata: Json,
     pub(super) active: Option<bool>,
+    pub(super) columns: Columns,
 }
 
 impl Inventory {
@@ -465,6 +458,52 @@ impl<'v, 'p> Fields<'v, 'p> {
         }
     }
 
+    /// The schema's default of column `key`, as text; empty when it has none.
+    fn default_of(&self, key: &str) -> String {
+        self.column(key)
+            .and_then(|c| c.default)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every writable column of the row's table that only the schema describes, decoded by its
+    /// kind and checked by its rules, under the key of its name; a key left out is the column's
+    /// default (NULL when it has none; an enum without one is required). Not here: the columns
+    /// in `own` (decoded by the caller: keys, names), references (uuid columns: the file names
+    /// them by key), `metadata` and `active` (the spec's own fields).
+    fn columns(&mut self, own: &[&str]) -> Columns {
+        let Some(table) = self.table.and_then(schema::table) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for col in table.columns {
+            let skipped = !col.writable
+                || own.contains(&col.name)
+                || ["metadata", "active"].contains(&col.name)
+                || matches!(col.kind, Kind::Uuid { .. } | Kind::Timestamp);
+            if skipped {
+                continue;
+            }
+            let default = || col.default.map(str::to_string);
+            let param = match col.kind {
+                Kind::Text { .. } => self.text(col.name).or_else(default),
+                Kind::Float { .. } => self
+                    .number(col.name)
+                    .map(schema::float_param)
+                    .or_else(default),
+                Kind::Enum { .. } => Some(self.label(col.name, col.default).to_string()),
+                Kind::Object => Some(self.object(col.name).to_string()),
+                Kind::Bool => self
+                    .boolean(col.name)
+                    .map(|b| b.to_string())
+                    .or_else(default),
+                Kind::Uuid { .. } | Kind::Timestamp => continue,
+            };
+            out.push((col, param));
+        }
+        out
+    }
+
     /// Reports every key that was not asked for.
     fn finish(self) {
         let Some(map) = self.map else { return };
@@ -558,7 +597,7 @@ pub(super) fn decode(root: &Yaml, problems: &mut Vec<Problem>) -> Inventory {
 fn portfolio(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> PortfolioSpec {
     let mut f = Fields::row("portfolios", v, path.clone(), problems);
     let name = f.required("name");
-    let description = f.text("description");
+    let columns = f.columns(&["name"]);
     let metadata = f.object("metadata");
     let active = f.boolean("active");
     let sites = f.list("sites", false);
@@ -566,9 +605,9 @@ fn portfolio(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> PortfolioSp
     PortfolioSpec {
         path,
         name,
-        description,
         metadata,
         active,
+        columns,
         sites: sites
             .into_iter()
             .map(|(path, v)| site(v, path, problems))
@@ -579,18 +618,17 @@ fn portfolio(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> PortfolioSp
 fn site(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> SiteSpec {
     let mut f = Fields::row("sites", v, path.clone(), problems);
     let name = f.required("name");
+    // Required in a file, though the schema has a default: an inventory says what a site is.
     let industry_type = f.label("industry_type", None);
-    let location = f.text("location");
-    let latitude = f.number("latitude");
-    let longitude = f.number("longitude");
     let timezone = match f.text("timezone") {
         Some(tz) if tz.trim().is_empty() => {
             f.problem("timezone", "must not be empty");
             String::new()
         }
         Some(tz) => tz,
-        None => "UTC".to_string(),
+        None => f.default_of("timezone"),
     };
+    let columns = f.columns(&["name", "industry_type", "timezone"]);
     let metadata = f.object("metadata");
     let active = f.boolean("active");
     let meters = f.list("meters", false);
@@ -601,12 +639,10 @@ fn site(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> SiteSpec {
         path,
         name,
         industry_type,
-        location,
-        latitude,
-        longitude,
         timezone,
         metadata,
         active,
+        columns,
         meters: meters
             .into_iter()
             .map(|(path, v)| meter(v, path, problems))
@@ -626,9 +662,7 @@ fn meter(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> MeterSpec {
     let mut f = Fields::row("meters", v, path.clone(), problems);
     let external_id = f.external_id();
     let name = f.required("name");
-    let category = f.label("category", None);
-    let reading_frequency = f.label("reading_frequency", Some("15min"));
-    let description = f.text("description");
+    let columns = f.columns(&["external_id", "name"]);
     let metadata = f.object("metadata");
     let active = f.boolean("active");
     let assets = f.list("assets", false);
@@ -638,11 +672,9 @@ fn meter(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> MeterSpec {
         path,
         external_id,
         name,
-        category,
-        reading_frequency,
-        description,
         metadata,
         active,
+        columns,
         assets: assets
             .into_iter()
             .map(|(path, v)| asset(v, path, problems))
@@ -661,11 +693,7 @@ fn asset(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> AssetSpec {
         name: f.required("name"),
         asset_type: f.text("asset_type"),
         parent: f.text("parent"),
-        equipment: f.text("equipment"),
-        manufacturer: f.text("manufacturer"),
-        model: f.text("model"),
-        rated_power_kw: f.number("rated_power_kw"),
-        description: f.text("description"),
+        columns: f.columns(&["external_id", "name"]),
         metadata: f.object("metadata"),
         active: f.boolean("active"),
         path,
@@ -679,11 +707,7 @@ fn energy_source(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> EnergyS
     let spec = EnergySourceSpec {
         external_id: f.external_id(),
         name: f.required("name"),
-        kind: f.label("kind", None),
-        capacity_kw: f.number("capacity_kw"),
-        storage_capacity_kwh: f.number("storage_capacity_kwh"),
-        carbon_intensity_g_per_kwh: f.number("carbon_intensity_g_per_kwh"),
-        description: f.text("description"),
+        columns: f.columns(&["external_id", "name"]),
         metadata: f.object("metadata"),
         active: f.boolean("active"),
         path,
@@ -696,10 +720,7 @@ fn grid_link(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> GridLinkSpe
     let mut f = Fields::row("grid_links", v, path.clone(), problems);
     let spec = GridLinkSpec {
         name: f.required("name"),
-        direction: f.label("direction", None),
-        capacity_kw: f.number("capacity_kw"),
-        provider: f.text("provider"),
-        tariff_structure: f.object("tariff_structure"),
+        columns: f.columns(&["name"]),
         metadata: f.object("metadata"),
         active: f.boolean("active"),
         path,
@@ -714,8 +735,7 @@ fn connection(v: &Yaml, path: String, problems: &mut Vec<Problem>) -> Connection
         source: f.required("source"),
         target: f.required("target"),
         relationship: f.label("relationship", None),
-        direction: f.label("direction", Some("out")),
-        description: f.text("description"),
+        columns: f.columns(&["relationship"]),
         metadata: f.object("metadata"),
         active: f.boolean("active"),
         path,
