@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod db;
 pub mod decode;
 pub mod http;
+pub mod locks;
 pub mod migrate;
 pub mod model;
 pub mod mqtt;

@@ -33,8 +33,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_text_limits"),
 ];
 
-/// Held for the whole run, so a second migrator waits instead of racing. Arbitrary, fixed.
-const LOCK_KEY: i64 = 0x656e_616c_7973_6973; // "enalysis"
+/// Held for the whole run, so a second migrator waits instead of racing.
+const LOCK_KEY: i64 = crate::locks::MIGRATIONS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {

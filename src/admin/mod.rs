@@ -1,16 +1,20 @@
 //! The admin HTTP API under `/api/v1` (CONTRACT.md §5): create, read, list, update and delete the
 //! hierarchy, plus the operators' read side ([`read`]). Every route sits behind a bearer token.
 //!
-//! - [`crud`]: one generic set of handlers driven by static table descriptions, and the OpenAPI
-//!   document generated from the same descriptions.
+//! - [`schema`]: the tables, columns, rules and value checks, declared once.
+//! - [`crud`]: one generic set of handlers driven by the schema.
+//! - [`openapi`]: the OpenAPI document, built from the schema and the read side's parameters.
 //! - [`read`]: readings of one entity and recent rejections.
+//! - [`provision`]: `provision FILE`, the declarative inventory, checked by the same schema.
 //!
 //! Errors always have the JSON shape `{"error": {"code", "message", "field"}}`; nothing from SQL
 //! or the driver reaches a response body (it is logged instead).
 
 pub mod crud;
+pub mod openapi;
 pub mod provision;
 pub mod read;
+pub mod schema;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -131,7 +135,7 @@ impl ApiError {
         let code = db.code();
         let table = db.table().unwrap_or("");
         let constraint = db.constraint().unwrap_or("");
-        let known = crud::constraint_rule(constraint);
+        let known = schema::constraint_rule(constraint);
         let field = known
             .map(|(f, _)| f.to_string())
             .or_else(|| db.column().map(str::to_string))
@@ -214,6 +218,13 @@ pub fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 /// [`panic_response`]. The admin router carries it; `http::serve` puts it on its own routes.
 pub fn catch_panic() -> CatchPanicLayer<fn(Box<dyn Any + Send + 'static>) -> Response> {
     CatchPanicLayer::custom(panic_response as fn(Box<dyn Any + Send + 'static>) -> Response)
+}
+
+/// So that handlers can use `?` on the driver's results: [`ApiError::from_pg`].
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::from_pg(&e)
+    }
 }
 
 impl From<DbError> for ApiError {
@@ -336,6 +347,7 @@ pub fn router(state: AdminState, token: String) -> Router {
     }
     crud::routes()
         .merge(read::routes())
+        .merge(openapi::routes())
         .route(
             "/api/v1/{*rest}",
             axum::routing::any(|| async { ApiError::not_found("no such route") }),

@@ -1,5 +1,9 @@
 //! The read side for operators: readings of one entity (raw or bucketed) and recent rejections,
 //! enough to see that data flows without opening psql.
+//!
+//! Each route's query parameters are described once, in [`MEASUREMENT_PARAMS`] and
+//! [`REJECTION_PARAMS`]: the handlers parse what those accept, and the OpenAPI document
+//! ([`super::openapi`]) is built from them.
 
 use axum::Json;
 use axum::Router;
@@ -12,29 +16,149 @@ use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
 
-/// Routes under `/api/v1`, merged into the admin router (and so behind its token).
-pub fn routes() -> Router<AdminState> {
-    Router::new()
-        .route(
-            "/api/v1/meters/{id}/measurements",
-            get(|s, p, q| measurements(s, EntityKind::Meter, p, q)),
-        )
-        .route(
-            "/api/v1/assets/{id}/measurements",
-            get(|s, p, q| measurements(s, EntityKind::Asset, p, q)),
-        )
-        .route(
-            "/api/v1/energy-sources/{id}/measurements",
-            get(|s, p, q| measurements(s, EntityKind::EnergySource, p, q)),
-        )
-        .route("/api/v1/rejections", get(rejections))
+/// The tables whose rows have readings, with the entity kind of `measurements.entity_type`.
+pub const ENTITY_TABLES: [(EntityKind, &str); 3] = [
+    (EntityKind::Meter, "meters"),
+    (EntityKind::Asset, "assets"),
+    (EntityKind::EnergySource, "energy_sources"),
+];
+
+/// `/api/v1/{path}/{id}/measurements` for the table at `path` (its URL segment), when its rows
+/// have readings.
+pub fn measurements_route(table: &schema::Table) -> Option<String> {
+    ENTITY_TABLES
+        .iter()
+        .any(|(_, t)| *t == table.name)
+        .then(|| format!("/api/v1/{}/{{id}}/measurements", table.path))
 }
 
-const MAX_LIMIT: i64 = 10_000;
+/// `GET /api/v1/rejections`.
+pub const REJECTIONS_ROUTE: &str = "/api/v1/rejections";
+
+/// Routes under `/api/v1`, merged into the admin router (and so behind its token).
+pub fn routes() -> Router<AdminState> {
+    let mut router = Router::new().route(REJECTIONS_ROUTE, get(rejections));
+    for (kind, table) in ENTITY_TABLES {
+        if let Some(route) = schema::table(table).and_then(measurements_route) {
+            router = router.route(
+                &route,
+                get(move |s, p, q| measurements(s, kind, table, p, q)),
+            );
+        }
+    }
+    router
+}
+
+/// Largest `limit` of either route.
+pub const MAX_LIMIT: i64 = 10_000;
+/// Readings (or buckets) per answer when `limit` is not given.
+pub const MEASUREMENTS_LIMIT: i64 = 1000;
+/// Rejections per answer when `limit` is not given.
+pub const REJECTIONS_LIMIT: i64 = 100;
+
+/// What a query parameter accepts: the handlers parse exactly this, and [`Accepts::schema`]
+/// states it in the OpenAPI document.
+#[derive(Debug, Clone, Copy)]
+pub enum Accepts {
+    /// A metric of the catalogue.
+    Metric,
+    /// A rejection reason (CONTRACT.md §4).
+    Reason,
+    /// An RFC 3339 time.
+    Time,
+    /// A bucket width ([`parse_bucket`]).
+    Bucket,
+    /// 1 to [`MAX_LIMIT`], with this default.
+    Limit { default: i64 },
+}
+
+/// One query parameter of a read route.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryParam {
+    pub name: &'static str,
+    pub accepts: Accepts,
+    pub description: &'static str,
+}
+
+/// The query parameters of `GET …/{id}/measurements` ([`MeasurementQuery`]).
+pub const MEASUREMENT_PARAMS: &[QueryParam] = &[
+    QueryParam {
+        name: "metric",
+        accepts: Accepts::Metric,
+        description: "a metric of the catalogue",
+    },
+    QueryParam {
+        name: "from",
+        accepts: Accepts::Time,
+        description: "default: 24 h before `to`",
+    },
+    QueryParam {
+        name: "to",
+        accepts: Accepts::Time,
+        description: "default: now + 5 min",
+    },
+    QueryParam {
+        name: "bucket",
+        accepts: Accepts::Bucket,
+        description: "30s, 15m, 1h, 1d… (1 s to 31 d; a bare number is seconds); absent: raw",
+    },
+    QueryParam {
+        name: "limit",
+        accepts: Accepts::Limit {
+            default: MEASUREMENTS_LIMIT,
+        },
+        description: "",
+    },
+];
+
+/// The query parameters of `GET /api/v1/rejections` ([`RejectionQuery`]).
+pub const REJECTION_PARAMS: &[QueryParam] = &[
+    QueryParam {
+        name: "reason",
+        accepts: Accepts::Reason,
+        description: "a rejection reason (CONTRACT.md §4)",
+    },
+    QueryParam {
+        name: "since",
+        accepts: Accepts::Time,
+        description: "default: 24 h ago",
+    },
+    QueryParam {
+        name: "limit",
+        accepts: Accepts::Limit {
+            default: REJECTIONS_LIMIT,
+        },
+        description: "",
+    },
+];
+
+/// The largest bucket width, in seconds: 31 days.
+const MAX_BUCKET_SECS: i64 = 31 * 86_400;
+
+impl Accepts {
+    /// The JSON Schema of what the handlers accept.
+    pub fn schema(self) -> Value {
+        match self {
+            Accepts::Metric => {
+                let metrics: Vec<&str> = crate::catalogue::ALL.iter().map(|m| m.name).collect();
+                json!({"type": "string", "enum": metrics})
+            }
+            Accepts::Reason => {
+                let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                json!({"type": "string", "enum": reasons})
+            }
+            Accepts::Time => json!({"type": "string", "format": "date-time"}),
+            Accepts::Bucket => json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+            Accepts::Limit { default } => {
+                json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default})
+            }
+        }
+    }
+}
 
 fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("query", e.body_text())
@@ -78,7 +202,7 @@ fn parse_bucket(raw: &str) -> Result<i64, ApiError> {
         "d" => n.checked_mul(86_400).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
-    if !(1..=31 * 86_400).contains(&secs) {
+    if !(1..=MAX_BUCKET_SECS).contains(&secs) {
         return Err(bad());
     }
     Ok(secs)
@@ -95,17 +219,10 @@ fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
     }
 }
 
-fn table(kind: EntityKind) -> &'static str {
-    match kind {
-        EntityKind::Meter => "meters",
-        EntityKind::Asset => "assets",
-        EntityKind::EnergySource => "energy_sources",
-    }
-}
-
 async fn measurements(
     State(state): State<AdminState>,
     kind: EntityKind,
+    table: &'static str,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<MeasurementQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -130,18 +247,14 @@ async fn measurements(
     }
     let client = state.db.get().await?;
     let exists = client
-        .query_opt(
-            &format!("SELECT 1 FROM {} WHERE id = $1", table(kind)),
-            &[&id],
-        )
-        .await
-        .map_err(|e| ApiError::from_pg(&e))?;
+        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+        .await?;
     if exists.is_none() {
         return Err(ApiError::not_found(format!("no {} {id}", kind.as_str())));
     }
     let rows = match &q.bucket {
         None => {
-            let limit = limit(q.limit, 1000)?;
+            let limit = limit(q.limit, MEASUREMENTS_LIMIT)?;
             client
                 .query(
                     "SELECT jsonb_build_object('metric', metric, 'ts', ts, 'value', value,
@@ -156,7 +269,7 @@ async fn measurements(
         }
         Some(bucket) => {
             let secs = parse_bucket(bucket)?;
-            let limit = limit(q.limit, 1000)?;
+            let limit = limit(q.limit, MEASUREMENTS_LIMIT)?;
             client
                 .query(
                     "SELECT jsonb_build_object('metric', metric, 'bucket', b, 'unit', min(unit),
@@ -172,8 +285,7 @@ async fn measurements(
                 )
                 .await
         }
-    }
-    .map_err(|e| ApiError::from_pg(&e))?;
+    }?;
     let items = json_rows(&rows)?;
     Ok(Json(json!({
         "entity_type": kind.as_str(),
@@ -207,7 +319,7 @@ async fn rejections(
         }
     }
     let since = parse_time("since", &q.since)?.unwrap_or(Utc::now() - Duration::hours(24));
-    let limit = limit(q.limit, 100)?;
+    let limit = limit(q.limit, REJECTIONS_LIMIT)?;
     let client = state.db.get().await?;
     let rows = client
         .query(
@@ -221,8 +333,7 @@ async fn rejections(
              ORDER BY received_at DESC LIMIT $3",
             &[&q.reason, &since, &limit],
         )
-        .await
-        .map_err(|e| ApiError::from_pg(&e))?;
+        .await?;
     let items = json_rows(&rows)?;
     Ok(Json(json!({ "since": since, "items": items })))
 }
@@ -258,5 +369,26 @@ mod tests {
         for raw in ["", "0s", "1w", "h", "-5m", "32d", "99999999999999999999d"] {
             assert!(parse_bucket(raw).is_err(), "{raw}");
         }
+    }
+
+    /// The described parameters are the ones the handlers take: a query naming every one of
+    /// them parses, and the bucket pattern of the document admits the widths that parse.
+    #[test]
+    fn the_described_parameters_are_the_parsed_ones() {
+        let query = |params: &[QueryParam]| {
+            params
+                .iter()
+                .map(|p| format!("{}=1", p.name))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let q = format!("http://x/?{}", query(MEASUREMENT_PARAMS));
+        let uri: axum::http::Uri = q.parse().expect("uri");
+        Query::<MeasurementQuery>::try_from_uri(&uri).expect("every measurement parameter");
+        let q = format!("http://x/?{}", query(REJECTION_PARAMS));
+        let uri: axum::http::Uri = q.parse().expect("uri");
+        Query::<RejectionQuery>::try_from_uri(&uri).expect("every rejection parameter");
+        let uri: axum::http::Uri = "http://x/?colour=red".parse().expect("uri");
+        assert!(Query::<MeasurementQuery>::try_from_uri(&uri).is_err());
     }
 }

@@ -916,6 +916,38 @@ async fn the_table_descriptions_match_the_schema() {
     }
 }
 
+/// The defaults of the table descriptions (what `provision` writes for a key a file leaves
+/// out) are the schema's: every writable column with a DEFAULT declares the same value, and no
+/// other column declares one.
+#[tokio::test]
+async fn the_declared_defaults_are_the_schemas() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let mut checked = 0;
+    for t in crud::TABLES {
+        for col in t.columns.iter().filter(|c| c.writable) {
+            let default: Option<String> = client
+                .query_one(
+                    "SELECT column_default::text FROM information_schema.columns
+                     WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+                    &[&t.name, &col.name],
+                )
+                .await
+                .expect("a column")
+                .get(0);
+            // `'{}'::jsonb`, `'UTC'::text`, `'out'::direction_enum`, `true`: the value only.
+            let default = default.map(|d| {
+                let value = d.split("::").next().unwrap_or(&d);
+                value.trim_matches('\'').to_string()
+            });
+            let what = format!("{}.{}", t.name, col.name);
+            assert_eq!(col.default.map(str::to_string), default, "{what}");
+            checked += usize::from(default.is_some());
+        }
+    }
+    assert!(checked >= 20, "{checked} defaults");
+}
+
 // ---- Regressions of issue #11 (schemathesis) -----------------------------------------------
 
 /// PostgreSQL prints a jsonb number in full decimal digits (f64::MAX as 309 digits); the row
@@ -1295,4 +1327,177 @@ async fn readings_the_api_cannot_decode_are_a_json_500() {
         .expect("legacy float output");
     let legacy = Api::start_with(&db, TOKEN).await;
     legacy.get(&path).await.assert_error(500, "internal", None);
+}
+
+// ---- One lock for parent-asset changes (issue #12, item 2) ---------------------------------
+
+/// Backends of this database waiting for a lock (a row lock or an advisory lock).
+async fn lock_waiters(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// The one text value `sql` selects for `arg`.
+async fn one_text(client: &tokio_postgres::Client, sql: &str, arg: &str) -> String {
+    client
+        .query_one(sql, &[&arg])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// Polls until `n` backends wait for a lock, or `done` says the other side finished.
+async fn until_waiting(client: &tokio_postgres::Client, n: i64, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while lock_waiters(client).await < n && !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} lock waiters never appeared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A PATCH of `parent_asset_id` through the API and a `provision` run, at once, cannot close a
+/// parent cycle between them: assets a and b exist without parents; the API sets b's parent to
+/// a while the file sets a's parent to b. The test makes the interleaving that closes the cycle
+/// when the two take different locks, deterministically: it holds a row lock from its own
+/// connection so that the first writer stops after its cycle check and before its write, starts
+/// the second, waits until that one has finished or waits on a lock too, and only then lets the
+/// first go on. Both orders (the file first, the API first). With one lock, the second writer
+/// waits for the first, sees its parent, and is refused; exactly one of the two succeeds.
+#[tokio::test]
+async fn a_patch_and_a_provision_run_at_once_cannot_close_a_parent_cycle() {
+    for provision_first in [true, false] {
+        let url = support::migrated_db().await;
+        let api = std::sync::Arc::new(Api::start_with(&url, TOKEN).await);
+        let db = state(&url).db;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let head = "portfolios:
+  - name: P
+    sites:
+      - name: S
+        industry_type: office
+        meters:
+          - external_id: m
+            name: M
+            category: CONS
+            assets:
+";
+        let both = dir.path().join("both.yaml");
+        std::fs::write(
+            &both,
+            format!("{head}              - {{external_id: a, name: A}}\n              - {{external_id: b, name: B}}\n"),
+        )
+        .expect("write");
+        enalysis_ingest::admin::provision::run(&db, &both, false)
+            .await
+            .expect("a and b");
+        // Only a: b stays what the database says (the file does not clear its parent).
+        let a_under_b = dir.path().join("a_under_b.yaml");
+        std::fs::write(
+            &a_under_b,
+            format!("{head}              - {{external_id: a, name: A, parent: b}}\n"),
+        )
+        .expect("write");
+        let client = api.db().await;
+        let (a, b) = (
+            one_text(
+                &client,
+                "SELECT id::text FROM assets WHERE external_id = $1",
+                "a",
+            )
+            .await,
+            one_text(
+                &client,
+                "SELECT id::text FROM assets WHERE external_id = $1",
+                "b",
+            )
+            .await,
+        );
+
+        // The first writer stops at the row it writes: a for the file, b for the API.
+        let mut holder = support::connect(&url).await;
+        let hold = holder.transaction().await.expect("begin");
+        let held = if provision_first { "a" } else { "b" };
+        hold.query(
+            "SELECT 1 FROM assets WHERE external_id = $1 FOR UPDATE",
+            &[&held],
+        )
+        .await
+        .expect("row lock");
+
+        let run = {
+            let (db, path) = (db.clone(), a_under_b.clone());
+            move || {
+                tokio::spawn(async move {
+                    enalysis_ingest::admin::provision::run(&db, &path, false).await
+                })
+            }
+        };
+        let patch = {
+            let (api, path, a) = (api.clone(), format!("/api/v1/assets/{b}"), a.clone());
+            move || {
+                tokio::spawn(async move {
+                    api.call("PATCH", &path, Some(json!({"parent_asset_id": a})))
+                        .await
+                })
+            }
+        };
+        let (provisioned, patched) = if provision_first {
+            let first = run();
+            until_waiting(&client, 1, || first.is_finished()).await;
+            let second = patch();
+            until_waiting(&client, 2, || second.is_finished()).await;
+            hold.rollback().await.expect("release");
+            (first.await.expect("join"), second.await.expect("join"))
+        } else {
+            let first = patch();
+            until_waiting(&client, 1, || first.is_finished()).await;
+            let second = run();
+            until_waiting(&client, 2, || second.is_finished()).await;
+            hold.rollback().await.expect("release");
+            (second.await.expect("join"), first.await.expect("join"))
+        };
+
+        let parent =
+            "SELECT coalesce(parent_asset_id::text, '') FROM assets WHERE id = $1::text::uuid";
+        let (a_parent, b_parent) = (
+            one_text(&client, parent, &a).await,
+            one_text(&client, parent, &b).await,
+        );
+        let order = if provision_first {
+            "the file first"
+        } else {
+            "the API first"
+        };
+        assert!(
+            !(a_parent == b && b_parent == a),
+            "{order}: a and b are each other's parent (provision: {:?}, PATCH: {} {})",
+            provisioned.as_ref().map(|p| p.changes()),
+            patched.status,
+            patched.body
+        );
+        // Exactly one wins; the other is refused for the cycle, and wrote nothing.
+        if provision_first {
+            assert_eq!(a_parent, b, "{order}: the file's parent");
+            let message = patched.assert_error(400, "invalid", Some("parent_asset_id"));
+            assert!(message.contains("cycle"), "{message}");
+        } else {
+            assert_eq!(patched.status, 200, "{order}: {patched:?}");
+            assert_eq!(b_parent, a, "{order}: the API's parent");
+            let err = provisioned.expect_err("the file closes the cycle");
+            assert!(
+                format!("{err:#}").contains("parents form a cycle"),
+                "{err:#}"
+            );
+        }
+    }
 }
