@@ -289,14 +289,20 @@ impl Config {
                 "must be 0 (keep) or at least ingest.max_age_days, or accepted readings would land in dropped months".into(),
             );
         }
-        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
-            return invalid(
-                "http.addr",
-                format!(
-                    "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
-                    self.http.addr
-                ),
-            );
+        let addr = match self.http.addr.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(e) => {
+                return invalid(
+                    "http.addr",
+                    format!(
+                        "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
+                        self.http.addr
+                    ),
+                );
+            }
+        };
+        if let Err(msg) = check_listen(addr, &self.admin.token) {
+            return invalid("http.addr", msg);
         }
         if self.log.rejection_summary_secs == 0 {
             return invalid("log.rejection_summary_secs", "must be above 0".into());
@@ -324,6 +330,19 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         toml_string(&self.masked())
     }
+}
+
+/// The admin API without a token is open to whoever reaches the listener, so a listener
+/// without `admin.token` must be on a loopback address. A rule of the configuration, so it is
+/// refused at load (`check-config` too), not when the daemon starts serving.
+pub fn check_listen(addr: SocketAddr, token: &str) -> Result<(), String> {
+    if token.is_empty() && !addr.ip().to_canonical().is_loopback() {
+        return Err(format!(
+            "refusing to serve the admin API on {addr} without a token: set ENALYSIS_ADMIN_TOKEN \
+             (or ENALYSIS_ADMIN_TOKEN_FILE), or listen on a loopback address (http.addr)"
+        ));
+    }
+    Ok(())
 }
 
 fn toml_string(c: &Config) -> String {
@@ -723,6 +742,29 @@ mod tests {
         ] {
             let c: tokio_postgres::Config = raw.parse().expect(raw);
             assert_eq!(c.get_password(), Some(&b"pw"[..]), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_listener_off_loopback_without_an_admin_token_is_refused_at_load() {
+        let err = load(&[("ENALYSIS_HTTP_ADDR", "0.0.0.0:9000")]).expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "http.addr",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("without a token"), "{err}");
+        for (addr, token) in [("[::1]:9000", ""), ("[::]:9000", "t")] {
+            let c = load(&[
+                ("ENALYSIS_HTTP_ADDR", addr),
+                ("ENALYSIS_ADMIN_TOKEN", token),
+            ]);
+            assert!(c.is_ok(), "{addr} {token:?}");
         }
     }
 

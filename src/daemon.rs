@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::ack::Link;
+use crate::backoff::Backoff;
 use crate::batch::{self, BatchLimits, Judge};
 use crate::config::Config;
 use crate::db::Db;
-use crate::mqtt::{self, Backoff, IntakeControl};
+use crate::mqtt::{self, IntakeControl};
 use crate::registry_sync;
 use crate::validate::Limits;
 use crate::write::{self, Writer};

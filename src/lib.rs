@@ -5,6 +5,7 @@
 
 pub mod ack;
 pub mod admin;
+pub mod backoff;
 pub mod batch;
 pub mod budget;
 pub mod catalogue;

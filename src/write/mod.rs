@@ -30,9 +30,9 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Acker;
+use crate::backoff::Backoff;
 use crate::batch::{Accepted, Batch, Part};
 use crate::db::{Db, DbError, pg_error_message};
-use crate::mqtt::Backoff;
 use crate::telemetry::names;
 
 /// After a batch met duplicates, this many following batches take the staging path directly.
