@@ -3,27 +3,24 @@
 //! The path of a reading follows the module list: [`mqtt`] → [`decode`] / [`validate`] →
 //! [`batch`] → [`write`] → [`ack`]. See ARCHITECTURE.md for the map and its invariants.
 
+pub use enalysis_core::{catalogue, decode, model, registry, validate};
+
 pub mod ack;
 pub mod admin;
 pub mod backoff;
 pub mod batch;
 pub mod budget;
-pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
-pub mod decode;
 pub mod http;
 pub mod migrate;
-pub mod model;
 pub mod mqtt;
 pub mod partitions;
-pub mod registry;
 pub mod registry_sync;
 pub mod seed;
 pub mod simulate;
 pub mod telemetry;
 pub mod tls;
-pub mod validate;
 pub mod write;

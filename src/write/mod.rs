@@ -16,8 +16,10 @@
 //! message is stored as rejections (`invalid_value`, the error in the detail), or, if even
 //! that is refused, as one row without its payload. So no message can stop ingestion.
 
-mod rejections;
 mod rows;
+
+// The encoding of rejections as rows is pure, so it lives (and is fuzzed) in the core crate.
+use enalysis_core::rejections;
 
 pub use rejections::{
     CHUNK_BYTES, CHUNK_ROWS, Form, MessageRow, REFUSED_SEQ_BASE, Rows, RunRow, UNSTORABLE_SEQ,
