@@ -289,21 +289,7 @@ impl Config {
                 "must be 0 (keep) or at least ingest.max_age_days, or accepted readings would land in dropped months".into(),
             );
         }
-        let addr = match self.http.addr.parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(e) => {
-                return invalid(
-                    "http.addr",
-                    format!(
-                        "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
-                        self.http.addr
-                    ),
-                );
-            }
-        };
-        if let Err(msg) = check_listen(addr, &self.admin.token) {
-            return invalid("http.addr", msg);
-        }
+        self.http_addr()?;
         if self.log.rejection_summary_secs == 0 {
             return invalid("log.rejection_summary_secs", "must be above 0".into());
         }
@@ -311,6 +297,30 @@ impl Config {
             return invalid("log.level", format!("{:?}: {e}", self.log.level));
         }
         Ok(())
+    }
+
+    /// `http.addr`, parsed.
+    fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.addr.parse().map_err(|e| ConfigError::Invalid {
+            key: "http.addr",
+            msg: format!(
+                "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
+                self.http.addr
+            ),
+        })
+    }
+
+    /// The address the daemon listens on, refused by the listen rule ([`check_listen`]). A
+    /// rule for `run` only, not part of [`Config::validate`]: the one-shot commands never
+    /// listen, and an image that listens on every interface (deploy/docker) must still load
+    /// for them without an admin token.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let addr = self.http_addr()?;
+        check_listen(addr, &self.admin.token).map_err(|msg| ConfigError::Invalid {
+            key: "http.addr",
+            msg,
+        })?;
+        Ok(addr)
     }
 
     /// A copy safe to print or log: passwords in URLs and tokens are replaced by a mask.
@@ -333,8 +343,7 @@ impl Config {
 }
 
 /// The admin API without a token is open to whoever reaches the listener, so a listener
-/// without `admin.token` must be on a loopback address. A rule of the configuration, so it is
-/// refused at load (`check-config` too), not when the daemon starts serving.
+/// without `admin.token` must be on a loopback address.
 pub fn check_listen(addr: SocketAddr, token: &str) -> Result<(), String> {
     if token.is_empty() && !addr.ip().to_canonical().is_loopback() {
         return Err(format!(
@@ -746,8 +755,9 @@ mod tests {
     }
 
     #[test]
-    fn a_listener_off_loopback_without_an_admin_token_is_refused_at_load() {
-        let err = load(&[("ENALYSIS_HTTP_ADDR", "0.0.0.0:9000")]).expect_err("refused");
+    fn a_listener_off_loopback_without_an_admin_token_is_refused() {
+        let c = load(&[("ENALYSIS_HTTP_ADDR", "0.0.0.0:9000")]).expect("loads");
+        let err = c.listen_addr().expect_err("refused");
         assert!(
             matches!(
                 err,
@@ -764,7 +774,8 @@ mod tests {
                 ("ENALYSIS_HTTP_ADDR", addr),
                 ("ENALYSIS_ADMIN_TOKEN", token),
             ]);
-            assert!(c.is_ok(), "{addr} {token:?}");
+            let listen = c.expect("loads").listen_addr();
+            assert_eq!(listen.ok(), addr.parse().ok(), "{addr} {token:?}");
         }
     }
 

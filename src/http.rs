@@ -33,8 +33,7 @@ pub async fn serve(
     link: Arc<Link>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    // The listen rule (no admin token off loopback) is `Config::validate`'s: `addr` comes from
-    // a validated `Config`.
+    // `addr` comes from `Config::listen_addr`, which applies the listen rule.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http.addr): {e}"))?;

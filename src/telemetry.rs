@@ -1,0 +1,44 @@
+//! Telemetry in one place: logs ([`logs`]), every metric name ([`names`], here), the Prometheus
+//! recorder with its buckets and descriptions ([`recorder`]), and process metrics sampled from
+//! `/proc` ([`process`]). `http` only serves what is recorded here.
+
+pub mod logs;
+pub mod process;
+pub mod recorder;
+
+pub use logs::{LogTarget, RejectionSummary, init_logs};
+pub use recorder::install_metrics;
+
+/// Every metric name the daemon exports (CONTRACT.md §5), in one place. Labels are bounded:
+/// `reason` takes the 13 contract reasons, nothing takes a topic or an id.
+pub mod names {
+    pub const MESSAGES_RECEIVED: &str = "ingest_messages_received_total";
+    pub const READINGS_ACCEPTED: &str = "ingest_readings_accepted_total";
+    /// Label `reason`.
+    pub const READINGS_REJECTED: &str = "ingest_readings_rejected_total";
+    pub const READINGS_DUPLICATE: &str = "ingest_readings_duplicate_total";
+    pub const BATCH_ROWS: &str = "ingest_batch_rows";
+    pub const FLUSH_DURATION: &str = "ingest_flush_duration_seconds";
+    pub const END_TO_END_LATENCY: &str = "ingest_end_to_end_latency_seconds";
+    pub const BUFFERED_READINGS: &str = "ingest_buffered_readings";
+    /// Bytes charged to `ingest.max_buffered_bytes`: received and not yet acknowledged.
+    pub const BUFFERED_BYTES: &str = "ingest_buffered_bytes";
+    /// Messages the database kept refusing, isolated and stored as rejections.
+    pub const MESSAGES_ISOLATED: &str = "ingest_messages_isolated_total";
+    pub const MQTT_CONNECTED: &str = "ingest_mqtt_connected";
+    /// QoS 1 messages received on the current connection whose PUBACK is not written yet.
+    pub const MQTT_UNACKED: &str = "ingest_mqtt_unacked_messages";
+    pub const DB_ERRORS: &str = "ingest_db_errors_total";
+    pub const REGISTRY_ENTITIES: &str = "ingest_registry_entities";
+    pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";
+    pub const PARTITIONS_DROPPED: &str = "ingest_partitions_dropped_total";
+    /// Label `state`: `open`, `idle`.
+    pub const DB_POOL_CONNECTIONS: &str = "ingest_db_pool_connections";
+    pub const DB_POOL_WAITING: &str = "ingest_db_pool_waiting";
+    pub const MQTT_RECONNECTS: &str = "ingest_mqtt_reconnects_total";
+    pub const REGISTRY_REFRESHED: &str = "ingest_registry_last_refresh_timestamp_seconds";
+    // Process basics, with the names Prometheus client libraries use.
+    pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+    pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+    pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+}
