@@ -29,12 +29,12 @@ use chrono::{DateTime, Duration, Utc};
 use enalysis_core::batch::{Accepted, Message, Part, Rejected};
 use enalysis_core::catalogue;
 use enalysis_core::decode::{self, Target};
-use enalysis_core::model::{Entity, EntityKind, MeterCategory, Outcome};
+use enalysis_core::fixture;
+use enalysis_core::model::{MeterCategory, Outcome};
 use enalysis_core::registry::Registry;
 use enalysis_core::rejections::{self, Form};
 use enalysis_core::validate::{Context, Limits, judge};
 use libfuzzer_sys::fuzz_target;
-use uuid::Uuid;
 
 const PREFIX: &str = "enalysis/v1";
 
@@ -48,36 +48,18 @@ struct World {
     now: DateTime<Utc>,
 }
 
-/// The registry of validate.rs's unit tests: one meter per category that matters, an asset, a
-/// battery and a PV energy source. Keys as in `corpus/judge/` and `judge.dict`.
-static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let e = |kind, id: u128, ext: &str, category, is_battery| Entity {
-        kind,
-        id: Uuid::from_u128(id),
-        external_id: Some(ext.to_owned()),
-        category,
-        is_battery,
-    };
-    use EntityKind::*;
-    use MeterCategory::*;
-    World {
-        registry: Registry::new([
-            e(Meter, 1, "EAN-CONS", Cons, false),
-            e(Meter, 2, "EAN-STOR", Stor, false),
-            e(Meter, 3, "EAN-PROD", Prod, false),
-            e(Asset, 4, "pump-1", Cons, false),
-            e(EnergySource, 5, "battery-1", Cons, true),
-            e(EnergySource, 6, "pv-1", Prod, false),
-        ]),
-        limits: Limits {
-            max_payload_bytes: MAX_PAYLOAD,
-            max_clock_skew: Duration::minutes(5),
-            max_age: Duration::days(400),
-        },
-        now: DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
-            .expect("fixed instant")
-            .with_timezone(&Utc),
-    }
+/// The registry shared with validate's unit tests and the property tests
+/// (`enalysis_core::fixture`). Keys as in `corpus/judge/` and `judge.dict`.
+static WORLD: LazyLock<World> = LazyLock::new(|| World {
+    registry: fixture::registry(),
+    limits: Limits {
+        max_payload_bytes: MAX_PAYLOAD,
+        max_clock_skew: Duration::minutes(5),
+        max_age: Duration::days(400),
+    },
+    now: DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
+        .expect("fixed instant")
+        .with_timezone(&Utc),
 });
 
 fuzz_target!(|data: &[u8]| {

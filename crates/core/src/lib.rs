@@ -13,4 +13,7 @@ pub mod decode;
 pub mod model;
 pub mod registry;
 pub mod rejections;
+
+#[cfg(any(test, feature = "fixture"))]
+pub mod fixture;
 pub mod validate;
