@@ -77,6 +77,50 @@ pub struct MqttConfig {
     pub max_packet_bytes: u32,
 }
 
+/// `mqtt.url` parsed: where the MQTT client connects, and how.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// The URL itself (it may carry the credentials).
+    pub url: url::Url,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Without the brackets of an IPv6 literal.
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttConfig {
+    /// `mqtt.url`, parsed and checked (scheme `mqtt` or `mqtts`, a host): the one parse of it,
+    /// for [`Config::validate`] and for the client.
+    pub fn broker(&self) -> Result<Broker, ConfigError> {
+        let invalid = |msg| ConfigError::Invalid {
+            key: "mqtt.url",
+            msg,
+        };
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| invalid(format!("malformed URL (MQTT_URL): {e}")))?;
+        let host = match url.host_str() {
+            Some(host) if matches!(url.scheme(), "mqtt" | "mqtts") => host,
+            _ => {
+                return Err(invalid(format!(
+                    "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
+                    url.scheme()
+                )));
+            }
+        };
+        let tls = url.scheme() == "mqtts";
+        Ok(Broker {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            url,
+        })
+    }
+}
+
 /// Largest `ingest.max_payload_bytes`: see `Config::validate`.
 const MAX_STATEMENT_PAYLOAD: usize = 64 << 20;
 /// What `ingest.max_buffered_bytes` must leave for the pipeline (queue, batches) beyond the
@@ -186,19 +230,7 @@ impl Config {
                 "timeouts must be above 0 ms".into(),
             );
         }
-        match url::Url::parse(&self.mqtt.url) {
-            Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts") && u.host_str().is_some() => {}
-            Ok(u) => {
-                return invalid(
-                    "mqtt.url",
-                    format!(
-                        "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
-                        u.scheme()
-                    ),
-                );
-            }
-            Err(e) => return invalid("mqtt.url", format!("malformed URL (MQTT_URL): {e}")),
-        }
+        self.mqtt.broker()?;
         let m = &self.mqtt;
         if m.client_id.is_empty() || m.client_id.len() > 128 {
             return invalid("mqtt.client_id", "must be 1 to 128 characters".into());

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckToken, Acker, Link};
 use crate::backoff::Backoff;
 use crate::budget::{Budget, Charge, MESSAGE_OVERHEAD};
-use crate::config::{IngestConfig, MqttConfig};
+use crate::config::{Broker, ConfigError, IngestConfig, MqttConfig};
 
 /// One message as received, on its way to the batcher.
 #[derive(Debug)]
@@ -57,8 +57,8 @@ pub fn filters(cfg: &MqttConfig) -> Vec<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
-    #[error("mqtt.url: {0}")]
-    Url(String),
+    #[error(transparent)]
+    Url(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -68,15 +68,12 @@ pub fn options(
     cfg: &MqttConfig,
     ingest: &IngestConfig,
 ) -> Result<(MqttOptions, usize), MqttSetupError> {
-    let url = url::Url::parse(&cfg.url).map_err(|e| MqttSetupError::Url(e.to_string()))?;
-    let tls = url.scheme() == "mqtts";
-    let host = url
-        .host_str()
-        .ok_or_else(|| MqttSetupError::Url("no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let Broker {
+        url,
+        tls,
+        host,
+        port,
+    } = cfg.broker()?;
     let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
     // A persistent session: the broker keeps our subscriptions and unacknowledged messages
