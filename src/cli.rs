@@ -81,7 +81,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let client = db.get().await?;
             let inserted = crate::seed::run(&client)
                 .await
-                .map_err(|e| anyhow::anyhow!(crate::db::pg_error_message(&e)))
+                .map_err(crate::db::QueryError::from)
                 .context("seeding asset types failed (has `migrate` run?)")?;
             println!(
                 "seeded asset types: {inserted} inserted, {} already present",
@@ -129,7 +129,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown_signal().await;
         signal.cancel();
     });
-    let metrics = crate::http::install_metrics()?;
+    let metrics = crate::telemetry::install_metrics()?;
     match crate::daemon::run(config, Some(metrics), shutdown).await? {
         crate::daemon::Exit::Drained => {
             tracing::info!("stopped");

@@ -77,6 +77,50 @@ pub struct MqttConfig {
     pub max_packet_bytes: u32,
 }
 
+/// `mqtt.url` parsed: where the MQTT client connects, and how.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// The URL itself (it may carry the credentials).
+    pub url: url::Url,
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Without the brackets of an IPv6 literal.
+    pub host: String,
+    pub port: u16,
+}
+
+impl MqttConfig {
+    /// `mqtt.url`, parsed and checked (scheme `mqtt` or `mqtts`, a host): the one parse of it,
+    /// for [`Config::validate`] and for the client.
+    pub fn broker(&self) -> Result<Broker, ConfigError> {
+        let invalid = |msg| ConfigError::Invalid {
+            key: "mqtt.url",
+            msg,
+        };
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| invalid(format!("malformed URL (MQTT_URL): {e}")))?;
+        let host = match url.host_str() {
+            Some(host) if matches!(url.scheme(), "mqtt" | "mqtts") => host,
+            _ => {
+                return Err(invalid(format!(
+                    "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
+                    url.scheme()
+                )));
+            }
+        };
+        let tls = url.scheme() == "mqtts";
+        Ok(Broker {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            url,
+        })
+    }
+}
+
 /// Largest `ingest.max_payload_bytes`: see `Config::validate`.
 const MAX_STATEMENT_PAYLOAD: usize = 64 << 20;
 /// What `ingest.max_buffered_bytes` must leave for the pipeline (queue, batches) beyond the
@@ -186,19 +230,7 @@ impl Config {
                 "timeouts must be above 0 ms".into(),
             );
         }
-        match url::Url::parse(&self.mqtt.url) {
-            Ok(u) if matches!(u.scheme(), "mqtt" | "mqtts") && u.host_str().is_some() => {}
-            Ok(u) => {
-                return invalid(
-                    "mqtt.url",
-                    format!(
-                        "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
-                        u.scheme()
-                    ),
-                );
-            }
-            Err(e) => return invalid("mqtt.url", format!("malformed URL (MQTT_URL): {e}")),
-        }
+        self.mqtt.broker()?;
         let m = &self.mqtt;
         if m.client_id.is_empty() || m.client_id.len() > 128 {
             return invalid("mqtt.client_id", "must be 1 to 128 characters".into());
@@ -289,15 +321,7 @@ impl Config {
                 "must be 0 (keep) or at least ingest.max_age_days, or accepted readings would land in dropped months".into(),
             );
         }
-        if let Err(e) = self.http.addr.parse::<SocketAddr>() {
-            return invalid(
-                "http.addr",
-                format!(
-                    "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
-                    self.http.addr
-                ),
-            );
-        }
+        self.http_addr()?;
         if self.log.rejection_summary_secs == 0 {
             return invalid("log.rejection_summary_secs", "must be above 0".into());
         }
@@ -305,6 +329,30 @@ impl Config {
             return invalid("log.level", format!("{:?}: {e}", self.log.level));
         }
         Ok(())
+    }
+
+    /// `http.addr`, parsed.
+    fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.addr.parse().map_err(|e| ConfigError::Invalid {
+            key: "http.addr",
+            msg: format!(
+                "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
+                self.http.addr
+            ),
+        })
+    }
+
+    /// The address the daemon listens on, refused by the listen rule ([`check_listen`]). A
+    /// rule for `run` only, not part of [`Config::validate`]: the one-shot commands never
+    /// listen, and an image that listens on every interface (deploy/docker) must still load
+    /// for them without an admin token.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let addr = self.http_addr()?;
+        check_listen(addr, &self.admin.token).map_err(|msg| ConfigError::Invalid {
+            key: "http.addr",
+            msg,
+        })?;
+        Ok(addr)
     }
 
     /// A copy safe to print or log: passwords in URLs and tokens are replaced by a mask.
@@ -324,6 +372,18 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         toml_string(&self.masked())
     }
+}
+
+/// The admin API without a token is open to whoever reaches the listener, so a listener
+/// without `admin.token` must be on a loopback address.
+pub fn check_listen(addr: SocketAddr, token: &str) -> Result<(), String> {
+    if token.is_empty() && !addr.ip().to_canonical().is_loopback() {
+        return Err(format!(
+            "refusing to serve the admin API on {addr} without a token: set ENALYSIS_ADMIN_TOKEN \
+             (or ENALYSIS_ADMIN_TOKEN_FILE), or listen on a loopback address (http.addr)"
+        ));
+    }
+    Ok(())
 }
 
 fn toml_string(c: &Config) -> String {
@@ -723,6 +783,31 @@ mod tests {
         ] {
             let c: tokio_postgres::Config = raw.parse().expect(raw);
             assert_eq!(c.get_password(), Some(&b"pw"[..]), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_listener_off_loopback_without_an_admin_token_is_refused() {
+        let c = load(&[("ENALYSIS_HTTP_ADDR", "0.0.0.0:9000")]).expect("loads");
+        let err = c.listen_addr().expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "http.addr",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("without a token"), "{err}");
+        for (addr, token) in [("[::1]:9000", ""), ("[::]:9000", "t")] {
+            let c = load(&[
+                ("ENALYSIS_HTTP_ADDR", addr),
+                ("ENALYSIS_ADMIN_TOKEN", token),
+            ]);
+            let listen = c.expect("loads").listen_addr();
+            assert_eq!(listen.ok(), addr.parse().ok(), "{addr} {token:?}");
         }
     }
 

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::ack::Link;
+use crate::backoff::Backoff;
 use crate::batch::{self, BatchLimits, Judge};
 use crate::config::Config;
 use crate::db::Db;
-use crate::mqtt::{self, Backoff, IntakeControl};
+use crate::mqtt::{self, IntakeControl};
 use crate::registry_sync;
 use crate::validate::Limits;
 use crate::write::{self, Writer};
@@ -39,7 +40,8 @@ pub async fn run(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Exit> {
-    let http_addr: std::net::SocketAddr = config.http.addr.parse()?;
+    // Parsed, and the listen rule applied (no admin token off loopback), before anything starts.
+    let http_addr = config.listen_addr()?;
     let db = Db::new(&config.database)?;
     // Up first, so /healthz answers (and /readyz says why not ready) while the database or the
     // broker is still coming up.

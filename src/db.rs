@@ -35,8 +35,23 @@ impl DbError {
     /// Whether waiting and trying again can help (the database may come back); a bad URL or
     /// a refused password will not fix itself.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout { .. })
-            || matches!(self, Self::Connect { msg, .. } if !msg.contains("password") && !msg.contains("does not exist"))
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Connect { refused, .. } => !refused,
+            Self::BadUrl(_) | Self::CaFile { .. } | Self::Build(_) => false,
+        }
+    }
+}
+
+/// A statement that failed, as its one useful line ([`pg_error_message`]): the `?` of code that
+/// runs a query, where tokio-postgres's own text would say only "db error".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(String);
+
+impl From<tokio_postgres::Error> for QueryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self(pg_error_message(&e))
     }
 }
 
@@ -115,9 +130,12 @@ impl Db {
     }
 
     fn connect_error(&self, e: &tokio_postgres::Error) -> DbError {
-        let refused = e
-            .code()
-            .is_some_and(|c| c.code().starts_with("28") || c.code() == "3D000");
+        let refused = match e.code() {
+            Some(c) => c.code().starts_with("28") || c.code() == "3D000",
+            // The driver's own refusal to connect without a password the server asks for: no
+            // SQLSTATE, and tokio-postgres exposes no kind for it, so only its text says so.
+            None => e.to_string().contains("password missing"),
+        };
         DbError::Connect {
             target: self.target.to_string(),
             msg: pg_error_message(e),

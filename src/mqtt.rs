@@ -25,8 +25,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::{AckToken, Acker, Link};
+use crate::backoff::Backoff;
 use crate::budget::{Budget, Charge, MESSAGE_OVERHEAD};
-use crate::config::{IngestConfig, MqttConfig};
+use crate::config::{Broker, ConfigError, IngestConfig, MqttConfig};
 
 /// One message as received, on its way to the batcher.
 #[derive(Debug)]
@@ -56,8 +57,8 @@ pub fn filters(cfg: &MqttConfig) -> Vec<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
-    #[error("mqtt.url: {0}")]
-    Url(String),
+    #[error(transparent)]
+    Url(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -67,15 +68,12 @@ pub fn options(
     cfg: &MqttConfig,
     ingest: &IngestConfig,
 ) -> Result<(MqttOptions, usize), MqttSetupError> {
-    let url = url::Url::parse(&cfg.url).map_err(|e| MqttSetupError::Url(e.to_string()))?;
-    let tls = url.scheme() == "mqtts";
-    let host = url
-        .host_str()
-        .ok_or_else(|| MqttSetupError::Url("no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let Broker {
+        url,
+        tls,
+        host,
+        port,
+    } = cfg.broker()?;
     let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
     o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
     // A persistent session: the broker keeps our subscriptions and unacknowledged messages
@@ -192,36 +190,6 @@ pub fn start(
         },
         task,
     ))
-}
-
-/// Exponential backoff with a floor and a ceiling.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min_ms: u64, max_ms: u64) -> Self {
-        let min = Duration::from_millis(min_ms.max(1));
-        Self {
-            min,
-            max: Duration::from_millis(max_ms.max(min_ms)),
-            next: min,
-        }
-    }
-
-    /// The delay to wait now; the next one doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
 }
 
 async fn drive(
@@ -420,15 +388,6 @@ mod tests {
         for f in filters(&cfg("site/a", "ingest")) {
             assert!(f.starts_with("$share/ingest/site/a/"), "{f}");
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_ceiling_and_resets() {
-        let mut b = Backoff::new(100, 350);
-        let ms: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(ms, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
     }
 
     #[test]

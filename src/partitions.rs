@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::db::{Db, pg_error_message};
+use crate::db::{Db, QueryError};
 use crate::telemetry::names;
 
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ impl Maintenance {
                 &[&self.back_days, &self.months_ahead],
             )
             .await
-            .map_err(|e| anyhow::anyhow!(pg_error_message(&e)))?
+            .map_err(QueryError::from)?
             .get(0);
         let dropped: i32 = if self.retention_days > 0 {
             client
@@ -47,7 +47,7 @@ impl Maintenance {
                     &[&self.retention_days],
                 )
                 .await
-                .map_err(|e| anyhow::anyhow!(pg_error_message(&e)))?
+                .map_err(QueryError::from)?
                 .get(0)
         } else {
             0

@@ -10,9 +10,9 @@ use tokio::sync::{Notify, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::db::{Db, DbError, pg_error_message};
 use crate::model::{Entity, EntityKind, MeterCategory};
-use crate::mqtt::Backoff;
 use crate::registry::Registry;
 use crate::telemetry::names;
 
@@ -38,13 +38,16 @@ pub enum LoadError {
     Query(String),
 }
 
+impl From<tokio_postgres::Error> for LoadError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Query(pg_error_message(&e))
+    }
+}
+
 /// Reads the whole registry.
 pub async fn load(db: &Db) -> Result<Registry, LoadError> {
     let client = db.get().await?;
-    let rows = client
-        .query(LOAD, &[])
-        .await
-        .map_err(|e| LoadError::Query(pg_error_message(&e)))?;
+    let rows = client.query(LOAD, &[]).await?;
     let entities = rows.iter().map(|row| Entity {
         kind: row.get::<_, EntityKind>(0),
         id: row.get(1),

@@ -84,7 +84,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             &[],
         )
         .await
-        .map_err(|e| anyhow::anyhow!(crate::db::pg_error_message(&e)))
+        .map_err(crate::db::QueryError::from)
         .context("reading the inventory (has `migrate` run, and `provision`?)")?;
     drop(client);
     anyhow::ensure!(

@@ -16,7 +16,7 @@
 //!   it claims, and obeys the meter-category rules;
 //! - a rejection has a non-empty detail without NUL, and a short printable metric if any;
 //! - judging is deterministic: the same bytes judged again give the same outcome;
-//! - the writer's encoding of the rejections (`write::encode`, `write::chunks`): one message
+//! - the writer's encoding of the rejections (`rejections::encode`, `rejections::chunks`): one message
 //!   row holding the kept payload exactly, runs that stand for every rejected reading once,
 //!   no NUL in any text, chunks within their bounds, and what is stored for the message bounded
 //!   by a small multiple of its size whatever it holds.
@@ -26,15 +26,15 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Duration, Utc};
-use enalysis_ingest::batch::{Batch, Message};
-use enalysis_ingest::catalogue;
-use enalysis_ingest::decode::{self, Target};
-use enalysis_ingest::model::{Entity, EntityKind, MeterCategory, Outcome};
-use enalysis_ingest::registry::Registry;
-use enalysis_ingest::validate::{Context, Limits, judge};
-use enalysis_ingest::write::{self, Form};
+use enalysis_core::batch::{Accepted, Message, Part, Rejected};
+use enalysis_core::catalogue;
+use enalysis_core::decode::{self, Target};
+use enalysis_core::fixture;
+use enalysis_core::model::{MeterCategory, Outcome};
+use enalysis_core::registry::Registry;
+use enalysis_core::rejections::{self, Form};
+use enalysis_core::validate::{Context, Limits, judge};
 use libfuzzer_sys::fuzz_target;
-use uuid::Uuid;
 
 const PREFIX: &str = "enalysis/v1";
 
@@ -48,36 +48,18 @@ struct World {
     now: DateTime<Utc>,
 }
 
-/// The registry of validate.rs's unit tests: one meter per category that matters, an asset, a
-/// battery and a PV energy source. Keys as in `corpus/judge/` and `judge.dict`.
-static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let e = |kind, id: u128, ext: &str, category, is_battery| Entity {
-        kind,
-        id: Uuid::from_u128(id),
-        external_id: Some(ext.to_owned()),
-        category,
-        is_battery,
-    };
-    use EntityKind::*;
-    use MeterCategory::*;
-    World {
-        registry: Registry::new([
-            e(Meter, 1, "EAN-CONS", Cons, false),
-            e(Meter, 2, "EAN-STOR", Stor, false),
-            e(Meter, 3, "EAN-PROD", Prod, false),
-            e(Asset, 4, "pump-1", Cons, false),
-            e(EnergySource, 5, "battery-1", Cons, true),
-            e(EnergySource, 6, "pv-1", Prod, false),
-        ]),
-        limits: Limits {
-            max_payload_bytes: MAX_PAYLOAD,
-            max_clock_skew: Duration::minutes(5),
-            max_age: Duration::days(400),
-        },
-        now: DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
-            .expect("fixed instant")
-            .with_timezone(&Utc),
-    }
+/// The registry shared with validate's unit tests and the property tests
+/// (`enalysis_core::fixture`). Keys as in `corpus/judge/` and `judge.dict`.
+static WORLD: LazyLock<World> = LazyLock::new(|| World {
+    registry: fixture::registry(),
+    limits: Limits {
+        max_payload_bytes: MAX_PAYLOAD,
+        max_clock_skew: Duration::minutes(5),
+        max_age: Duration::days(400),
+    },
+    now: DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
+        .expect("fixed instant")
+        .with_timezone(&Utc),
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -107,7 +89,6 @@ fuzz_target!(|data: &[u8]| {
 /// What the writer would store for this message's rejections.
 fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w: &World) {
     let rejected_readings = out.rejected_readings();
-    let mut batch = Batch::default();
     let message = Message::new(
         topic.to_owned(),
         raw_topic,
@@ -116,8 +97,33 @@ fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w
         MAX_PAYLOAD,
         !out.rejected.is_empty(),
     );
-    batch.push(message, out);
-    let rows = write::encode(&batch.whole(), &[], Form::Judged);
+    // The part the writer would see for a batch of this one message (what `Batch::push` and
+    // `Batch::whole` make of it in the daemon).
+    let accepted: Vec<Accepted> = (0u32..)
+        .zip(out.accepted)
+        .map(|(index, reading)| Accepted {
+            reading,
+            received_at: message.received_at,
+            message: 0,
+            index,
+        })
+        .collect();
+    let rejected: Vec<Rejected> = out
+        .rejected
+        .into_iter()
+        .map(|rejection| Rejected {
+            rejection,
+            message: 0,
+        })
+        .collect();
+    let messages = [message];
+    let part = Part {
+        messages: &messages,
+        first: 0,
+        accepted: &accepted,
+        rejected: &rejected,
+    };
+    let rows = rejections::encode(&part, &[], Form::Judged);
     if rejected_readings == 0 {
         assert!(rows.messages.is_empty() && rows.runs.is_empty(), "{rows:?}");
         return;
@@ -156,10 +162,10 @@ fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w
         "{weight} bytes stored for a {} byte message: {rows:?}",
         kept.len()
     );
-    for chunk in write::chunks(&rows.runs, |r| r.weight()) {
+    for chunk in rejections::chunks(&rows.runs, |r| r.weight()) {
         let bytes: usize = chunk.iter().map(|r| r.weight()).sum();
-        assert!(chunk.len() <= write::CHUNK_ROWS);
-        assert!(chunk.len() == 1 || bytes <= write::CHUNK_BYTES);
+        assert!(chunk.len() <= rejections::CHUNK_ROWS);
+        assert!(chunk.len() == 1 || bytes <= rejections::CHUNK_BYTES);
     }
 }
 

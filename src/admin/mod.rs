@@ -361,15 +361,10 @@ pub fn router(state: AdminState, token: String) -> Router {
         .with_state(state)
 }
 
-/// Refuses to serve the admin API on a non-loopback address without a token.
+/// Refuses to serve the admin API on a non-loopback address without a token: the rule is the
+/// configuration's (`Config::listen_addr`).
 pub fn check_listen(addr: SocketAddr, token: &str) -> Result<(), String> {
-    if token.is_empty() && !addr.ip().to_canonical().is_loopback() {
-        return Err(format!(
-            "refusing to serve the admin API on {addr} without a token: set ENALYSIS_ADMIN_TOKEN \
-             (or ENALYSIS_ADMIN_TOKEN_FILE), or listen on a loopback address (http.addr)"
-        ));
-    }
-    Ok(())
+    crate::config::check_listen(addr, token)
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@
 //! message is stored as rejections (`invalid_value`, the error in the detail), or, if even
 //! that is refused, as one row without its payload. So no message can stop ingestion.
 
-mod rejections;
 mod rows;
+
+// The encoding of rejections as rows is pure, so it lives (and is fuzzed) in the core crate.
+use enalysis_core::rejections;
 
 pub use rejections::{
     CHUNK_BYTES, CHUNK_ROWS, Form, MessageRow, REFUSED_SEQ_BASE, Rows, RunRow, UNSTORABLE_SEQ,
@@ -30,9 +32,9 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::ack::Acker;
+use crate::backoff::Backoff;
 use crate::batch::{Accepted, Batch, Part};
 use crate::db::{Db, DbError, pg_error_message};
-use crate::mqtt::Backoff;
 use crate::telemetry::names;
 
 /// After a batch met duplicates, this many following batches take the staging path directly.

@@ -3,33 +3,14 @@
 
 use chrono::{DateTime, Duration, Utc};
 use enalysis_ingest::catalogue;
-use enalysis_ingest::model::{Entity, EntityKind, MeterCategory, Outcome};
+use enalysis_ingest::model::Outcome;
 use enalysis_ingest::registry::Registry;
 use enalysis_ingest::validate::{Context, Limits, judge};
 use proptest::prelude::*;
-use uuid::Uuid;
 
+/// The registry shared with validate's unit tests and the fuzz target.
 fn registry() -> Registry {
-    let mk = |kind, n: u128, ext: &str, category, is_battery| Entity {
-        kind,
-        id: Uuid::from_u128(n),
-        external_id: Some(ext.to_string()),
-        category,
-        is_battery,
-    };
-    Registry::new([
-        mk(EntityKind::Meter, 1, "cons", MeterCategory::Cons, false),
-        mk(EntityKind::Meter, 2, "prod", MeterCategory::Prod, false),
-        mk(EntityKind::Meter, 3, "stor", MeterCategory::Stor, false),
-        mk(EntityKind::Asset, 4, "chiller", MeterCategory::Cons, false),
-        mk(
-            EntityKind::EnergySource,
-            5,
-            "bat",
-            MeterCategory::Prod,
-            true,
-        ),
-    ])
+    enalysis_core::fixture::registry()
 }
 
 fn now() -> DateTime<Utc> {
@@ -73,12 +54,12 @@ fn check_invariants(out: &Outcome) {
 }
 
 const TOPICS: &[&str] = &[
-    "enalysis/v1/meters/cons/readings",
-    "enalysis/v1/meters/stor/readings",
-    "enalysis/v1/assets/chiller/readings",
-    "enalysis/v1/energy-sources/bat/readings",
+    "enalysis/v1/meters/EAN-CONS/readings",
+    "enalysis/v1/meters/EAN-STOR/readings",
+    "enalysis/v1/assets/pump-1/readings",
+    "enalysis/v1/energy-sources/battery-1/readings",
     "enalysis/v1/gateways/gw/readings",
-    "enalysis/v1/meters/00000000-0000-0000-0000-000000000002/readings",
+    "enalysis/v1/meters/2d8b8c50-7c69-4eaf-9f20-4b5d3e6f7081/readings",
     "enalysis/v1/meters/nobody/readings",
     "enalysis/v1/meters//readings",
 ];
@@ -148,7 +129,7 @@ fn reading() -> impl Strategy<Value = serde_json::Value> {
             "asset",
             "energy_source",
         ])),
-        proptest::sample::select(vec!["cons", "stor", "chiller", "bat", "zzz"]),
+        proptest::sample::select(vec!["EAN-CONS", "EAN-STOR", "pump-1", "battery-1", "zzz"]),
     )
         .prop_map(|(ts, metric, value, unit, quality, key, entity)| {
             let mut o = serde_json::Map::new();
@@ -208,7 +189,7 @@ proptest! {
 
 #[test]
 fn hostile_payloads_are_rejected_not_stored() {
-    let topic = "enalysis/v1/meters/cons/readings";
+    let topic = "enalysis/v1/meters/EAN-CONS/readings";
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let huge_array = format!("[{}]", vec!["{}"; 200_000].join(","));
     let ten_mb = vec![b'x'; 10 * 1024 * 1024];

@@ -2,18 +2,21 @@
 //! reading is, and why a reading was rejected. Pure data, no I/O.
 
 use chrono::{DateTime, Utc};
-use postgres_types::{FromSql, ToSql};
 use uuid::Uuid;
 
 /// What a reading belongs to; the `entity_type_enum` of `measurements`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ToSql, FromSql)]
-#[postgres(name = "entity_type_enum")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "sql",
+    derive(postgres_types::ToSql, postgres_types::FromSql)
+)]
+#[cfg_attr(feature = "sql", postgres(name = "entity_type_enum"))]
 pub enum EntityKind {
-    #[postgres(name = "meter")]
+    #[cfg_attr(feature = "sql", postgres(name = "meter"))]
     Meter,
-    #[postgres(name = "asset")]
+    #[cfg_attr(feature = "sql", postgres(name = "asset"))]
     Asset,
-    #[postgres(name = "energy_source")]
+    #[cfg_attr(feature = "sql", postgres(name = "energy_source"))]
     EnergySource,
 }
 
@@ -32,16 +35,20 @@ impl EntityKind {
 }
 
 /// `meter_category_enum`: what a meter (and everything under it) can measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSql, FromSql)]
-#[postgres(name = "meter_category_enum")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "sql",
+    derive(postgres_types::ToSql, postgres_types::FromSql)
+)]
+#[cfg_attr(feature = "sql", postgres(name = "meter_category_enum"))]
 pub enum MeterCategory {
-    #[postgres(name = "CONS")]
+    #[cfg_attr(feature = "sql", postgres(name = "CONS"))]
     Cons,
-    #[postgres(name = "PROD")]
+    #[cfg_attr(feature = "sql", postgres(name = "PROD"))]
     Prod,
-    #[postgres(name = "INJ")]
+    #[cfg_attr(feature = "sql", postgres(name = "INJ"))]
     Inj,
-    #[postgres(name = "STOR")]
+    #[cfg_attr(feature = "sql", postgres(name = "STOR"))]
     Stor,
 }
 
@@ -57,8 +64,15 @@ impl MeterCategory {
 }
 
 /// `quality_enum`: how far to trust a value. Not a reason to drop it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ToSql, FromSql)]
-#[postgres(name = "quality_enum", rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(
+    feature = "sql",
+    derive(postgres_types::ToSql, postgres_types::FromSql)
+)]
+#[cfg_attr(
+    feature = "sql",
+    postgres(name = "quality_enum", rename_all = "lowercase")
+)]
 pub enum Quality {
     #[default]
     Good,

@@ -605,15 +605,10 @@ fn whose(entity: &Entity) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture::{A_PUMP, M_CONS, registry};
     use uuid::Uuid;
 
     const NOW: &str = "2026-11-24T15:00:00Z";
-    const M_CONS: &str = "0b6f6a3e-5a47-4c8e-9d0e-2f3b1c4d5e6f";
-    const M_STOR: &str = "1c7a7b4f-6b58-4d9f-8e1f-3a4c2d5e6f70";
-    const M_PROD: &str = "2d8b8c50-7c69-4eaf-9f20-4b5d3e6f7081";
-    const A_PUMP: &str = "3e9c9d61-8d7a-4fb0-a031-5c6e4f708192";
-    const S_BATT: &str = "4fa0ae72-9e8b-4ac1-b142-6d7f508192a3";
-    const S_PV: &str = "5ab1bf83-af9c-4bd2-8253-7e80619203b4";
 
     const CONS: &str = "enalysis/v1/meters/EAN-CONS/readings";
     const STOR: &str = "enalysis/v1/meters/EAN-STOR/readings";
@@ -631,26 +626,6 @@ mod tests {
         DateTime::parse_from_rfc3339(NOW)
             .expect("test now")
             .with_timezone(&Utc)
-    }
-
-    fn registry() -> Registry {
-        let e = |kind, id, ext: &str, category, is_battery| Entity {
-            kind,
-            id: uuid(id),
-            external_id: Some(ext.to_owned()),
-            category,
-            is_battery,
-        };
-        use EntityKind::*;
-        use MeterCategory::*;
-        Registry::new([
-            e(Meter, M_CONS, "EAN-CONS", Cons, false),
-            e(Meter, M_STOR, "EAN-STOR", Stor, false),
-            e(Meter, M_PROD, "EAN-PROD", Prod, false),
-            e(Asset, A_PUMP, "pump-1", Cons, false),
-            e(EnergySource, S_BATT, "battery-1", Cons, true),
-            e(EnergySource, S_PV, "pv-1", Prod, false),
-        ])
     }
 
     /// Judges a message under the default prefix and limits at [`NOW`]. `$TS` in the payload

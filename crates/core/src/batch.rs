@@ -1,0 +1,141 @@
+//! The pure data of a batch, as the writer's rejection encoding reads it: each message's exact
+//! bytes and digest, the readings accepted and the rejections, and [`Part`], a run of a batch's
+//! messages. The daemon's `Batch` (which also holds ack tokens and a budget charge) keeps
+//! vectors of these.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Reading, Rejection};
+
+/// A message as the writer needs it to store rejections: exact bytes and where they came from.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: String,
+    /// The payload as received, or its first `ingest.max_payload_bytes` when it was larger.
+    pub payload: Bytes,
+    /// The size of the payload as received.
+    pub size: usize,
+    pub received_at: DateTime<Utc>,
+    /// See [`digest`]; computed once, from the whole payload.
+    pub digest: Digest32,
+}
+
+pub type Digest32 = [u8; 32];
+
+/// sha256 of topic, a NUL, and the payload: the same message redelivered has the same digest,
+/// so its rejections map onto the rows already stored.
+pub fn digest(topic: &[u8], payload: &[u8]) -> Digest32 {
+    let mut h = Sha256::new();
+    h.update(topic);
+    h.update([0u8]);
+    h.update(payload);
+    h.finalize().into()
+}
+
+/// An accepted reading, with the message it came in.
+#[derive(Debug)]
+pub struct Accepted {
+    pub reading: Reading,
+    pub received_at: DateTime<Utc>,
+    /// Index into the batch's messages.
+    pub message: u32,
+    /// Position among the accepted readings of its message; used only if the database refuses
+    /// the row and it has to become a rejection.
+    pub index: u32,
+}
+
+#[derive(Debug)]
+pub struct Rejected {
+    pub rejection: Rejection,
+    /// Index into the batch's messages.
+    pub message: u32,
+}
+
+impl Message {
+    /// The message as the writer keeps it: the payload cut at `keep` bytes, and the digest of
+    /// the whole of it when it has rejections to store (an accepted-only message needs none).
+    pub fn new(
+        topic: String,
+        raw_topic: &[u8],
+        payload: Bytes,
+        received_at: DateTime<Utc>,
+        keep: usize,
+        with_digest: bool,
+    ) -> Self {
+        let size = payload.len();
+        let digest = if with_digest {
+            digest(raw_topic, &payload)
+        } else {
+            [0; 32]
+        };
+        // A copy, so the memory of the rest is freed now (a slice would keep all of it).
+        let payload = if size > keep {
+            Bytes::copy_from_slice(&payload[..keep])
+        } else {
+            payload
+        };
+        Self {
+            topic,
+            payload,
+            size,
+            received_at,
+            digest,
+        }
+    }
+}
+
+/// Some consecutive messages of a batch with their readings and rejections: what the writer
+/// commits in one transaction. Normally the whole batch; a batch the database keeps refusing is
+/// split into parts until the message that causes it stands alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    pub messages: &'a [Message],
+    /// Index in the batch of `messages[0]` (what [`Accepted::message`] counts from).
+    pub first: u32,
+    /// Of these messages only (the batch keeps both lists in message order).
+    pub accepted: &'a [Accepted],
+    pub rejected: &'a [Rejected],
+}
+
+impl<'a> Part<'a> {
+    /// The message with batch index `i`, if it is in this part.
+    pub fn message(&self, i: u32) -> Option<&'a Message> {
+        self.messages.get(i.checked_sub(self.first)? as usize)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    /// The two halves, by message; `None` for a single message.
+    pub fn split(&self) -> Option<(Part<'a>, Part<'a>)> {
+        if self.messages.len() < 2 {
+            return None;
+        }
+        let mid = self.messages.len() / 2;
+        let boundary = self.first + u32::try_from(mid).unwrap_or(u32::MAX);
+        let (ma, mb) = self.messages.split_at(mid);
+        let (aa, ab) = self
+            .accepted
+            .split_at(self.accepted.partition_point(|a| a.message < boundary));
+        let (ra, rb) = self
+            .rejected
+            .split_at(self.rejected.partition_point(|r| r.message < boundary));
+        Some((
+            Part {
+                messages: ma,
+                first: self.first,
+                accepted: aa,
+                rejected: ra,
+            },
+            Part {
+                messages: mb,
+                first: boundary,
+                accepted: ab,
+                rejected: rb,
+            },
+        ))
+    }
+}
