@@ -344,12 +344,11 @@ fn check_distinct(t: &Table, params: &[(&'static Column, Param)]) -> Result<(), 
             .and_then(|(_, p)| p.as_deref())
     };
     for rule in t.rules {
-        if let Rule::Distinct { a, b, message } = rule {
-            if let (Some(x), Some(y)) = (value(a), value(b)) {
-                if x == y {
-                    return Err(ApiError::bad_request(*b, *message));
-                }
-            }
+        if let Rule::Distinct { a, b, message } = rule
+            && let (Some(x), Some(y)) = (value(a), value(b))
+            && x == y
+        {
+            return Err(ApiError::bad_request(*b, *message));
         }
     }
     Ok(())

@@ -237,13 +237,13 @@ async fn measurements(
     if from >= to {
         return Err(ApiError::bad_request("from", "must be before `to`"));
     }
-    if let Some(m) = &q.metric {
-        if crate::catalogue::lookup(m).is_none() {
-            return Err(ApiError::bad_request(
-                "metric",
-                format!("unknown metric {m:?}"),
-            ));
-        }
+    if let Some(m) = &q.metric
+        && crate::catalogue::lookup(m).is_none()
+    {
+        return Err(ApiError::bad_request(
+            "metric",
+            format!("unknown metric {m:?}"),
+        ));
     }
     let client = state.db.get().await?;
     let exists = client
@@ -310,13 +310,13 @@ async fn rejections(
     q: Result<Query<RejectionQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    if let Some(r) = &q.reason {
-        if !Reason::ALL.iter().any(|x| x.as_str() == r) {
-            return Err(ApiError::bad_request(
-                "reason",
-                format!("unknown reason {r:?}"),
-            ));
-        }
+    if let Some(r) = &q.reason
+        && !Reason::ALL.iter().any(|x| x.as_str() == r)
+    {
+        return Err(ApiError::bad_request(
+            "reason",
+            format!("unknown reason {r:?}"),
+        ));
     }
     let since = parse_time("since", &q.since)?.unwrap_or(Utc::now() - Duration::hours(24));
     let limit = limit(q.limit, REJECTIONS_LIMIT)?;

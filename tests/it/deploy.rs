@@ -98,8 +98,13 @@ fn each_deploy_environment_loads_as_a_whole() {
                 _ => (var, value),
             })
             .collect();
-        if let Err(e) = Config::load_from(None, vars.clone()) {
-            panic!("{source}: the daemon would refuse this environment: {e}\n{vars:?}");
+        let config = match Config::load_from(None, vars.clone()) {
+            Ok(config) => config,
+            Err(e) => panic!("{source}: the daemon would refuse this environment: {e}\n{vars:?}"),
+        };
+        // What `run` checks first: a listener off loopback needs an admin token.
+        if let Err(e) = config.listen_addr() {
+            panic!("{source}: `run` would refuse this environment: {e}\n{vars:?}");
         }
     }
 }

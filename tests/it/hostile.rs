@@ -343,7 +343,11 @@ fn round(r: usize, c: &Ctx) -> Vec<Hostile> {
     // The message, by UUID and by external id on alternate rounds.
     push(
         "250 KiB array of category violations",
-        if r % 2 == 0 { &cons } else { &cons_ext },
+        if r.is_multiple_of(2) {
+            &cons
+        } else {
+            &cons_ext
+        },
         violation_array(c.day_ago_ms + r as i64 * 7, 26_000, WEDGE_READINGS),
         Expect::Rows("category_violation", WEDGE_READINGS as i64),
     );
@@ -845,7 +849,7 @@ fn round(r: usize, c: &Ctx) -> Vec<Hostile> {
             Expect::Rows("unknown_metric", 10_000),
         );
     }
-    if r % (ROUNDS / 2) == 0 {
+    if r.is_multiple_of(ROUNDS / 2) {
         // [1,1,1,…] up to just under the limit, one byte varied.
         let n = (MAX_PAYLOAD - 2) / 2;
         let mut s = String::with_capacity(MAX_PAYLOAD);

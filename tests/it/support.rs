@@ -289,11 +289,11 @@ impl Daemon {
     pub async fn wait_exit(&mut self, secs: u64) -> Option<i32> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return status.code();
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.code();
             }
             if std::time::Instant::now() > deadline {
                 panic!(

@@ -193,20 +193,20 @@ pub(super) async fn check_database(
         .context("cannot read asset_types")?;
     let asset_types: HashMap<String, Uuid> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     for (_, a) in inv.assets() {
-        if let Some(code) = a.asset_type.as_deref().filter(|c| !c.trim().is_empty()) {
-            if !asset_types.contains_key(code) {
-                let mut codes: Vec<&str> = asset_types.keys().map(String::as_str).collect();
-                codes.sort_unstable();
-                let known = if codes.is_empty() {
-                    "none: has `enalysis-ingest seed` run?".to_string()
-                } else {
-                    codes.join(", ")
-                };
-                problems.push(Problem::new(
-                    &join(&a.path, "asset_type"),
-                    format!("unknown asset type {code:?} (known: {known})"),
-                ));
-            }
+        if let Some(code) = a.asset_type.as_deref().filter(|c| !c.trim().is_empty())
+            && !asset_types.contains_key(code)
+        {
+            let mut codes: Vec<&str> = asset_types.keys().map(String::as_str).collect();
+            codes.sort_unstable();
+            let known = if codes.is_empty() {
+                "none: has `enalysis-ingest seed` run?".to_string()
+            } else {
+                codes.join(", ")
+            };
+            problems.push(Problem::new(
+                &join(&a.path, "asset_type"),
+                format!("unknown asset type {code:?} (known: {known})"),
+            ));
         }
     }
 

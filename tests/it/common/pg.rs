@@ -609,10 +609,9 @@ fn find_bindir() -> PathBuf {
             .arg("--bindir")
             .stderr(Stdio::null())
             .output()
+            && out.status.success()
         {
-            if out.status.success() {
-                candidates.push(String::from_utf8_lossy(&out.stdout).trim().into());
-            }
+            candidates.push(String::from_utf8_lossy(&out.stdout).trim().into());
         }
         let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
