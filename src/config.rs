@@ -89,7 +89,18 @@ pub struct Broker {
     pub port: u16,
 }
 
+/// Most packets rumqttc reads in one poll (its `max_readb_count`), all before the MQTT task
+/// sees, and charges, any of them.
+const MQTT_READ_BATCH: usize = 10;
+
 impl MqttConfig {
+    /// What one poll may read beyond the byte budget before a message is charged: a full read
+    /// batch of the largest packets the broker may send, plus a partial one in the read buffer.
+    /// Kept free inside `ingest.max_buffered_bytes`.
+    pub fn poll_reserve(&self) -> usize {
+        (MQTT_READ_BATCH + 1) * self.max_packet_bytes as usize
+    }
+
     /// `mqtt.url`, parsed and checked (scheme `mqtt` or `mqtts`, a host): the one parse of it,
     /// for [`Config::validate`] and for the client.
     pub fn broker(&self) -> Result<Broker, ConfigError> {
@@ -284,7 +295,7 @@ impl Config {
                 format!("must not be above {MAX_STATEMENT_PAYLOAD} (64 MiB)"),
             );
         }
-        let reserve = crate::mqtt::poll_reserve(m);
+        let reserve = m.poll_reserve();
         if i.max_buffered_bytes < reserve + MIN_PIPELINE_BYTES {
             return invalid(
                 "ingest.max_buffered_bytes",

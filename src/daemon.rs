@@ -100,7 +100,7 @@ pub async fn run(
             tx: queue_tx,
             budget: crate::budget::Budget::new(
                 config.ingest.max_buffered_bytes,
-                mqtt::poll_reserve(&config.mqtt),
+                config.mqtt.poll_reserve(),
             ),
         },
         link,

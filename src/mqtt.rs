@@ -128,15 +128,6 @@ fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttSetupError> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Most packets rumqttc reads in one poll (its `max_readb_count`), all before we see any.
-const READ_BATCH: usize = 10;
-
-/// What one poll may read beyond the byte budget before a message is charged: a full read
-/// batch of the largest packets the broker may send, plus a partial one in the read buffer.
-pub fn poll_reserve(cfg: &MqttConfig) -> usize {
-    (READ_BATCH + 1) * cfg.max_packet_bytes as usize
-}
-
 /// Messages read while the queue is full, because the task polled to write acks. rumqttc reads
 /// at most 10 packets per poll, and the broker's flow control (the receive maximum) bounds the
 /// rest; past this the task stops polling until the queue has room.
