@@ -134,11 +134,19 @@ fn judged_bytes(judged: &crate::model::Outcome) -> usize {
 /// What the batcher needs to judge messages.
 pub struct Judge {
     pub prefix: String,
+    /// `mqtt.ignore_topics`: topic filters whose messages are acknowledged and not stored.
+    pub ignore: Vec<String>,
     pub limits: Limits,
     pub registry: watch::Receiver<Arc<Registry>>,
 }
 
 impl Judge {
+    pub fn ignores(&self, topic: &str) -> bool {
+        self.ignore
+            .iter()
+            .any(|f| crate::decode::topic_matches(f, topic))
+    }
+
     pub fn judge(
         &self,
         registry: &Registry,
@@ -204,7 +212,14 @@ pub async fn run(
             received += 1;
             // Topics are UTF-8 by the MQTT spec; anything else is judged (and stored) lossily.
             let topic = String::from_utf8_lossy(&m.topic).into_owned();
-            let outcome = judge.judge(&registry, &topic, &m);
+            // An ignored message (a gateway's status) has nothing to store, but its ack still
+            // waits for the messages before it: it goes through the batch with no rows.
+            let outcome = if judge.ignores(&topic) {
+                metrics::counter!(names::MESSAGES_IGNORED).increment(1);
+                crate::model::Outcome::default()
+            } else {
+                judge.judge(&registry, &topic, &m)
+            };
             batch.add(
                 m,
                 topic,

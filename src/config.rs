@@ -65,6 +65,7 @@ pub struct MqttConfig {
     pub client_id: String,
     pub topic_prefix: String,
     pub shared_group: String,
+    pub ignore_topics: Vec<String>,
     pub username: String,
     pub password: String,
     pub ca_file: String,
@@ -278,6 +279,18 @@ impl Config {
             return invalid(
                 "mqtt.reconnect_min_ms",
                 "must be above 0 and not above reconnect_max_ms".into(),
+            );
+        }
+        let prefix = format!("{}/", m.topic_prefix.trim_end_matches('/'));
+        if let Some(bad) = m.ignore_topics.iter().find(|f| {
+            !crate::decode::valid_filter(f) || !f.starts_with(&prefix) || f.len() == prefix.len()
+        }) {
+            return invalid(
+                "mqtt.ignore_topics",
+                format!(
+                    "{bad:?} is not an MQTT topic filter under {prefix} (levels, `+` for one \
+                     level, a final `#`)"
+                ),
             );
         }
         let i = &self.ingest;

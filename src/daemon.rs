@@ -115,6 +115,7 @@ pub async fn run(
     let ingest = &config.ingest;
     let judge = Judge {
         prefix: config.mqtt.topic_prefix.clone(),
+        ignore: config.mqtt.ignore_topics.clone(),
         limits: Limits {
             max_payload_bytes: ingest.max_payload_bytes,
             max_clock_skew: chrono::Duration::seconds(ingest.max_clock_skew_secs as i64),

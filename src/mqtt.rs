@@ -41,18 +41,16 @@ pub struct Inbound {
 }
 
 /// The topic filters for a prefix and optional shared group.
+/// Everything under the prefix (CONTRACT.md §3): a topic that is not a contract topic reaches
+/// the daemon, to be stored as `unknown_topic` (or ignored, `mqtt.ignore_topics`), never lost
+/// unseen at the broker.
 pub fn filters(cfg: &MqttConfig) -> Vec<String> {
-    ["meters", "assets", "energy-sources", "gateways"]
-        .iter()
-        .map(|kind| {
-            let filter = format!("{}/{kind}/+/readings", cfg.topic_prefix);
-            if cfg.shared_group.is_empty() {
-                filter
-            } else {
-                format!("$share/{}/{filter}", cfg.shared_group)
-            }
-        })
-        .collect()
+    let filter = format!("{}/#", cfg.topic_prefix.trim_end_matches('/'));
+    vec![if cfg.shared_group.is_empty() {
+        filter
+    } else {
+        format!("$share/{}/{filter}", cfg.shared_group)
+    }]
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -362,16 +360,9 @@ mod tests {
     }
 
     #[test]
-    fn filters_cover_the_four_contract_topics() {
-        assert_eq!(
-            filters(&cfg("enalysis/v1", "")),
-            [
-                "enalysis/v1/meters/+/readings",
-                "enalysis/v1/assets/+/readings",
-                "enalysis/v1/energy-sources/+/readings",
-                "enalysis/v1/gateways/+/readings",
-            ]
-        );
+    fn the_filter_covers_everything_under_the_prefix() {
+        assert_eq!(filters(&cfg("enalysis/v1", "")), ["enalysis/v1/#"]);
+        assert_eq!(filters(&cfg("site/a/", "")), ["site/a/#"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub use recorder::install_metrics;
 /// `reason` takes the 13 contract reasons, nothing takes a topic or an id.
 pub mod names {
     pub const MESSAGES_RECEIVED: &str = "ingest_messages_received_total";
+    /// Messages on `mqtt.ignore_topics`: acknowledged, not stored.
+    pub const MESSAGES_IGNORED: &str = "ingest_messages_ignored_total";
     pub const READINGS_ACCEPTED: &str = "ingest_readings_accepted_total";
     /// Label `reason`.
     pub const READINGS_REJECTED: &str = "ingest_readings_rejected_total";

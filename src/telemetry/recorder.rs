@@ -30,6 +30,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         names::READINGS_DUPLICATE,
         names::DB_ERRORS,
         names::MESSAGES_ISOLATED,
+        names::MESSAGES_IGNORED,
         names::MQTT_RECONNECTS,
         names::PARTITIONS_CREATED,
         names::PARTITIONS_DROPPED,
@@ -48,6 +49,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(names::MESSAGES_RECEIVED, "MQTT messages received");
+    describe_counter!(
+        names::MESSAGES_IGNORED,
+        "Messages on mqtt.ignore_topics, acknowledged and not stored"
+    );
     describe_counter!(
         names::READINGS_ACCEPTED,
         "Readings committed to measurements"

@@ -273,6 +273,10 @@ impl Writer {
         part: Part<'_>,
         attempt: Attempt<'_>,
     ) -> Result<Written, WriteError> {
+        if part.rows() == 0 {
+            // Only ignored messages: nothing to commit before their acks.
+            return Ok(Written::default());
+        }
         let mut client = self.db.get().await?;
         let accepted: Vec<&Accepted> = match attempt {
             Attempt::AsIs => part.accepted.iter().collect(),

@@ -974,3 +974,61 @@ async fn the_simulator_can_send_one_invalid_message_for_every_reason() {
     .await;
     wait_count(&s.client, MEAS, 0).await;
 }
+
+/// The daemon subscribes to everything under the prefix: a misrouted topic is stored as
+/// `unknown_topic` (before, the broker never delivered it), and a topic of
+/// `mqtt.ignore_topics` is acknowledged, counted and not stored.
+#[tokio::test]
+async fn a_misrouted_topic_is_stored_and_an_ignored_one_is_acknowledged_only() {
+    let s = setup().await;
+    let port = common::free_port();
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
+    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "ENALYSIS_MQTT__IGNORE_TOPICS".into(),
+        r#"["enalysis/v1/gateways/+/status"]"#.into(),
+    ));
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let reading = json!({"ts": ts(0), "metric": "power", "value": 1.0}).to_string();
+    let misrouted = [
+        format!("enalysis/v1/meter/{}/readings", s.ids.meter),
+        format!("enalysis/v1/meters/{}/reading", s.ids.meter),
+        format!("enalysis/v1/meters/{}/readings/extra", s.ids.meter),
+        "enalysis/v1".to_string(),
+    ];
+    for topic in &misrouted {
+        p.publish(topic, reading.clone()).await;
+    }
+    p.publish("enalysis/v1/gateways/gw-1/status", b"online".to_vec())
+        .await;
+    // Outside the prefix: not ours, never delivered.
+    p.publish("elsewhere/meters/x/readings", reading.clone())
+        .await;
+    let good = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    p.publish(&good, reading.clone()).await;
+    wait_count(&s.client, MEAS, 1).await;
+    wait_count(&s.client, REJ, misrouted.len() as i64).await;
+    let rows = s
+        .client
+        .query(
+            "SELECT topic, reason::text FROM rejected_readings ORDER BY topic",
+            &[],
+        )
+        .await
+        .expect("rejections");
+    let mut stored: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    stored.sort();
+    let mut expected: Vec<(String, String)> = misrouted
+        .iter()
+        .map(|t| (t.clone(), "unknown_topic".to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(stored, expected);
+    let metrics = support::http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains("ingest_messages_ignored_total 1"),
+        "{metrics}"
+    );
+}

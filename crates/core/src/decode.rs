@@ -49,6 +49,34 @@ pub enum Target<'t> {
     Gateway { gateway: &'t str },
 }
 
+/// Does the MQTT topic filter `filter` (levels, `+` for one level, a final `#` for any rest,
+/// including none) match `topic`? As MQTT 3.1.1 §4.7 / 5.0 §4.7 define it.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return f.next().is_none(),
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Is `filter` a well-formed MQTT topic filter: `+` and `#` only as whole levels, `#` last,
+/// no NUL, not empty?
+pub fn valid_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    !filter.is_empty()
+        && !filter.contains('\0')
+        && levels.iter().enumerate().all(|(i, l)| {
+            (!l.contains('+') || *l == "+")
+                && (!l.contains('#') || (*l == "#" && i == levels.len() - 1))
+        })
+}
+
 /// Parses `{prefix}/{collection}/{key}/readings`. The prefix may contain slashes (a trailing one
 /// is ignored); the key is exactly one non-empty topic level. `None` is `unknown_topic`.
 pub fn parse_topic<'t>(prefix: &str, topic: &'t str) -> Option<Target<'t>> {
@@ -642,6 +670,44 @@ impl<'de> Deserialize<'de> for Top<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_filters_match_as_mqtt_defines_them() {
+        for (filter, topic, expected) in [
+            ("a/b/c", "a/b/c", true),
+            ("a/b/c", "a/b", false),
+            ("a/+/c", "a/x/c", true),
+            ("a/+/c", "a/x/y/c", false),
+            ("a/+", "a/", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("a/b/#", "a/c/d", false),
+            ("#", "anything/at/all", true),
+            (
+                "enalysis/v1/gateways/+/status",
+                "enalysis/v1/gateways/gw1/status",
+                true,
+            ),
+            (
+                "enalysis/v1/gateways/+/status",
+                "enalysis/v1/gateways/gw1/readings",
+                false,
+            ),
+        ] {
+            assert_eq!(topic_matches(filter, topic), expected, "{filter} ~ {topic}");
+        }
+        for (filter, ok) in [
+            ("a/+/b", true),
+            ("a/#", true),
+            ("#", true),
+            ("a/b+", false),
+            ("a/#/b", false),
+            ("a/b#", false),
+            ("", false),
+        ] {
+            assert_eq!(valid_filter(filter), ok, "{filter}");
+        }
+    }
 
     #[test]
     fn topics_name_their_target() {
