@@ -81,8 +81,10 @@ impl Batch {
             keep,
             !judged.rejected.is_empty(),
         );
-        charge.reduce_to(charge.bytes().saturating_sub(size - message.payload.len()));
-        charge.add(judged_bytes(&judged));
+        // One adjustment: the part of the payload not kept is freed, what it turned into added.
+        charge.resize(
+            charge.bytes().saturating_sub(size - message.payload.len()) + judged_bytes(&judged),
+        );
         match &mut self.charge {
             Some(total) => total.absorb(charge),
             None => self.charge = Some(charge),

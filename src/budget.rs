@@ -39,10 +39,6 @@ impl Budget {
         })
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
@@ -58,7 +54,7 @@ impl Budget {
             budget: self.clone(),
             bytes: 0,
         };
-        c.add(bytes);
+        c.resize(bytes);
         c
     }
 
@@ -93,17 +89,15 @@ pub struct Charge {
 }
 
 impl Charge {
-    pub fn add(&mut self, bytes: usize) {
-        self.budget.add(bytes);
-        self.bytes += bytes;
-    }
-
-    /// Gives back part of the charge (memory freed early, e.g. an oversized payload cut).
-    pub fn reduce_to(&mut self, bytes: usize) {
-        if bytes < self.bytes {
+    /// Makes the charge `bytes`: more for what a message turned into, less for memory freed
+    /// early (an oversized payload cut).
+    pub fn resize(&mut self, bytes: usize) {
+        if bytes > self.bytes {
+            self.budget.add(bytes - self.bytes);
+        } else {
             self.budget.release(self.bytes - bytes);
-            self.bytes = bytes;
         }
+        self.bytes = bytes;
     }
 
     /// Takes over `other`'s bytes; they are released with this charge.
@@ -134,13 +128,13 @@ mod tests {
         let mut batch = b.charge(0);
         let m1 = b.charge(600);
         let mut m2 = b.charge(300);
-        m2.add(200);
+        m2.resize(500);
         assert_eq!(b.used(), 1100);
         assert!(b.is_spent());
         batch.absorb(m1);
         batch.absorb(m2);
         assert_eq!((b.used(), batch.bytes()), (1100, 1100));
-        batch.reduce_to(900);
+        batch.resize(900);
         assert_eq!(b.used(), 900);
         assert!(!b.is_spent());
         drop(batch);

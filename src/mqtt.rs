@@ -40,8 +40,7 @@ pub struct Inbound {
     pub charge: Charge,
 }
 
-/// The topic filters for a prefix and optional shared group.
-/// Everything under the prefix (CONTRACT.md §3): a topic that is not a contract topic reaches
+/// The topic filter: everything under the prefix (CONTRACT.md §3): a topic that is not a contract topic reaches
 /// the daemon, to be stored as `unknown_topic` (or ignored, `mqtt.ignore_topics`), never lost
 /// unseen at the broker.
 pub fn filters(cfg: &MqttConfig) -> Vec<String> {

@@ -191,8 +191,6 @@ impl Writer {
             "the database keeps refusing one message; storing it as rejections"
         );
         metrics::counter!(names::MESSAGES_ISOLATED).increment(1);
-        metrics::counter!(names::READINGS_REJECTED, "reason" => crate::model::Reason::InvalidValue.as_str())
-            .increment(part.accepted.len() as u64);
         let mut written = match self.retry(part, Attempt::Refused(why), abort).await? {
             Ok(written) => written,
             Err(again) => {
@@ -291,14 +289,19 @@ impl Writer {
             _ => Vec::new(),
         };
         if accepted.is_empty() {
-            // Only rejections: no staging needed.
+            // Only rejections: no staging needed. In an isolated message every accepted reading
+            // is refused, whether stored as its own rejection or within the one-row record.
             let tx = client.transaction().await?;
             let rejected =
                 rows::insert_rejections(&tx, &encode(&part, &refused_by_attempt, form)).await?;
             tx.commit().await?;
+            let refused = match attempt {
+                Attempt::AsIs => 0,
+                Attempt::Refused(_) | Attempt::Unstorable(_) => part.accepted.len() as u64,
+            };
             return Ok(Written {
                 rejected,
-                refused: refused_by_attempt.len() as u64,
+                refused,
                 ..Written::default()
             });
         }
@@ -399,6 +402,10 @@ pub async fn run(
             "batch committed"
         );
         if written.refused > 0 {
+            // Refused rows (isolated under savepoints, or every reading of an isolated message)
+            // are rejections decided here, not by the validator: counted here.
+            metrics::counter!(names::READINGS_REJECTED, "reason" => crate::model::Reason::InvalidValue.as_str())
+                .increment(written.refused);
             tracing::warn!(
                 rows = written.refused,
                 "the database refused rows; stored as rejections"

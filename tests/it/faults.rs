@@ -14,7 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
-use crate::support::{self, Daemon, Publisher, daemon_env, wait_count};
+use crate::support::{self, Daemon, Publisher, daemon_env, set_env, wait_count, with_http_port};
 
 /// Distinct readings: message `i` carries one reading, value `i`, at a timestamp of its own
 /// (a fixed base plus `i` ms, so the same `i` is always the same reading).
@@ -23,19 +23,6 @@ fn reading(i: i64) -> String {
     let base = *BASE.get_or_init(|| Utc::now() - ChronoDuration::hours(1));
     let ts = base + ChronoDuration::milliseconds(i);
     json!({"ts": ts.to_rfc3339(), "metric": "power", "value": i as f64}).to_string()
-}
-
-/// Sets `key` in a daemon environment (replacing an earlier value).
-fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
-    env.retain(|(k, _)| k != key);
-    env.push((key.to_string(), value.to_string()));
-}
-
-/// Gives the daemon a known HTTP port, for `/readyz`.
-fn with_http_port(env: &mut Vec<(String, String)>) -> u16 {
-    let port = common::free_port();
-    set(env, "ENALYSIS_HTTP_ADDR", &format!("127.0.0.1:{port}"));
-    port
 }
 
 /// Publishes readings `range` at QoS 1 and waits until the broker has acknowledged every
@@ -205,10 +192,8 @@ async fn readyz_says_503_while_the_database_is_down_and_200_when_it_is_back() {
     let mut pg = common::PgServer::dedicated();
     let db = common::fresh_db(&pg).await;
     let broker = common::Broker::start();
-    let port = common::free_port();
     let mut env = daemon_env(&db.url, &broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     let _daemon = Daemon::start(&env).await;
     assert!(
         support::http_get(port, "/readyz")
@@ -290,8 +275,8 @@ async fn broker_goes_away_while_acks_are_pending(fault: BrokerFault) {
     let mut env = daemon_env(&db.url, &broker.url());
     // A small queue: part of the stream is in flight to the daemon, the rest queued at the
     // broker, and both must survive.
-    set(&mut env, "ENALYSIS_INGEST__QUEUE_MESSAGES", "100");
-    set(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
+    set_env(&mut env, "ENALYSIS_INGEST__QUEUE_MESSAGES", "100");
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
     let port = with_http_port(&mut env);
     let daemon = Daemon::start(&env).await;
     let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
@@ -499,7 +484,7 @@ async fn stream_through_a_faulty_link(
     fault: impl Fn(&Proxy),
 ) -> (Daemon, i64) {
     let mut env = daemon_env(db, &proxy.url());
-    set(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
     let daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&broker.url()).await;
     let per_round: i64 = 500;
@@ -588,15 +573,15 @@ async fn a_daemon_killed_in_a_shared_group_gets_its_share_when_it_comes_back() {
     let ids = support::insert_hierarchy(&client).await;
     let broker = common::Broker::start();
     let mut env_a = daemon_env(&db, &broker.url());
-    set(&mut env_a, "ENALYSIS_MQTT__SHARED_GROUP", "ingest");
+    set_env(&mut env_a, "ENALYSIS_MQTT__SHARED_GROUP", "ingest");
     let mut env_b = env_a.clone();
-    set(
+    set_env(
         &mut env_b,
         "ENALYSIS_MQTT__CLIENT_ID",
-        &format!("ingest-b-{}", uuid::Uuid::new_v4().simple()),
+        format!("ingest-b-{}", uuid::Uuid::new_v4().simple()),
     );
     // A writes its batches a second late, so the kill finds messages it has not acknowledged.
-    set(&mut env_a, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
+    set_env(&mut env_a, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
     let mut a = Daemon::start(&env_a).await;
     let b = Daemon::start(&env_b).await;
     let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);

@@ -14,8 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::common;
-use crate::support::{self, Daemon, Publisher, daemon_env, setup};
+use crate::support::{self, Daemon, Publisher, daemon_env, setup, with_http_port};
 
 /// `ingest.max_payload_bytes`, the shipped default: a larger message is `payload_too_large`.
 const MAX_PAYLOAD: usize = 256 * 1024;
@@ -981,10 +980,8 @@ impl Drop for Watchdog {
 #[tokio::test]
 async fn a_hostile_corpus_interleaved_with_valid_readings() {
     let s = setup().await;
-    let port = common::free_port();
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     env.push((
         "ENALYSIS_INGEST__MAX_BUFFERED_BYTES".into(),
         BUDGET.to_string(),

@@ -5,7 +5,9 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::json;
 
 use crate::common;
-use crate::support::{self, Daemon, Publisher, daemon_env, setup, wait_count};
+use crate::support::{
+    self, Daemon, Publisher, daemon_env, set_env, setup, wait_count, with_http_port,
+};
 
 const MEAS: &str = "SELECT count(*) FROM measurements";
 const REJ: &str = "SELECT count(*) FROM rejected_readings";
@@ -396,7 +398,7 @@ async fn a_row_the_database_refuses_is_rejected_alone_and_the_rest_of_the_batch_
         .await
         .expect("constraint");
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "300");
     let _daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
@@ -445,7 +447,7 @@ async fn a_message_that_makes_postgresql_refuse_the_statement_cannot_stop_ingest
         .await
         .expect("trigger");
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "300");
     let _daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
@@ -500,7 +502,7 @@ async fn a_message_whose_rejections_are_refused_too_is_kept_as_one_row_without_i
         .await
         .expect("constraint");
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.push(("ENALYSIS_INGEST__BATCH_MAX_AGE_MS".into(), "300".into()));
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "300");
     let _daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
@@ -538,10 +540,8 @@ async fn a_message_whose_rejections_are_refused_too_is_kept_as_one_row_without_i
 #[tokio::test]
 async fn metrics_and_readiness_are_served_on_the_http_listener() {
     let s = setup().await;
-    let port = common::free_port();
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     let _daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
@@ -672,10 +672,8 @@ async fn mqtts_with_a_private_ca_and_a_password_is_ingested() {
 #[tokio::test]
 async fn a_burst_far_larger_than_the_queue_is_acked_without_reconnects_or_redelivery() {
     let s = setup().await;
-    let port = common::free_port();
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     // A queue much smaller than the burst: intake must pause and resume, and the acks of
     // committed messages must still be written while it is paused.
     env.push(("ENALYSIS_INGEST__QUEUE_MESSAGES".into(), "200".into()));
@@ -794,11 +792,9 @@ async fn ten_thousand_rejections_make_a_handful_of_log_lines_that_count_them_all
 #[tokio::test]
 async fn operators_read_readings_and_rejections_and_create_meters_through_the_api() {
     let s = setup().await;
-    let port = common::free_port();
     let token = "test-token";
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     env.push(("ENALYSIS_ADMIN_TOKEN".into(), token.into()));
     let _daemon = Daemon::start(&env).await;
     let p = Publisher::connect(&s.broker.url()).await;
@@ -899,11 +895,11 @@ async fn operators_read_readings_and_rejections_and_create_meters_through_the_ap
 async fn the_daemon_refuses_a_public_listener_without_an_admin_token() {
     let s = setup().await;
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push((
-        "ENALYSIS_HTTP_ADDR".into(),
+    set_env(
+        &mut env,
+        "ENALYSIS_HTTP_ADDR",
         format!("0.0.0.0:{}", common::free_port()),
-    ));
+    );
     let mut daemon = Daemon::spawn(&env);
     assert_eq!(daemon.wait_exit(20).await, Some(1));
     assert!(
@@ -981,10 +977,8 @@ async fn the_simulator_can_send_one_invalid_message_for_every_reason() {
 #[tokio::test]
 async fn a_misrouted_topic_is_stored_and_an_ignored_one_is_acknowledged_only() {
     let s = setup().await;
-    let port = common::free_port();
     let mut env = daemon_env(&s.db, &s.broker.url());
-    env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-    env.push(("ENALYSIS_HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
+    let port = with_http_port(&mut env);
     env.push((
         "ENALYSIS_MQTT__IGNORE_TOPICS".into(),
         r#"["enalysis/v1/gateways/+/status"]"#.into(),

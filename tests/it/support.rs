@@ -213,6 +213,20 @@ pub fn daemon_env(db: &str, mqtt: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Sets `key` in a daemon environment, replacing what [`daemon_env`] (or an earlier call) put
+/// there.
+pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: impl Into<String>) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.into()));
+}
+
+/// Gives the daemon a known HTTP port on loopback (for `/metrics`, `/readyz`, the API).
+pub fn with_http_port(env: &mut Vec<(String, String)>) -> u16 {
+    let port = common::free_port();
+    set_env(env, "ENALYSIS_HTTP_ADDR", format!("127.0.0.1:{port}"));
+    port
+}
+
 impl Daemon {
     /// Starts `enalysis-ingest run` and waits until it has subscribed.
     pub async fn start(env: &[(String, String)]) -> Daemon {
@@ -486,11 +500,11 @@ impl Traffic {
         let ids = insert_hierarchy(&client).await;
         let broker = common::Broker::start();
         let mut env = daemon_env(&db, &broker.url());
-        env.retain(|(k, _)| k != "ENALYSIS_HTTP_ADDR");
-        env.push((
-            "ENALYSIS_HTTP_ADDR".into(),
+        set_env(
+            &mut env,
+            "ENALYSIS_HTTP_ADDR",
             format!("127.0.0.1:{http_port}"),
-        ));
+        );
         let daemon = Daemon::start(&env).await;
         let p = Publisher::connect(&broker.url()).await;
         let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);

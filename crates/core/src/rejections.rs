@@ -124,69 +124,58 @@ pub fn encode<'a>(
     form: Form<'_>,
 ) -> Rows<'a> {
     let mut rows = Rows::default();
-    let with_message = |rows: &mut Rows<'a>, m: u32| {
-        let msg = part.message(m)?;
-        if rows.messages.last().map(|r| r.digest) != Some(&msg.digest[..]) {
-            rows.messages.push(match form {
-                Form::Judged => MessageRow {
-                    digest: &msg.digest,
-                    received_at: msg.received_at,
-                    topic: clean(&msg.topic),
-                    payload: &msg.payload,
-                    is_text: is_text(&msg.payload),
-                    payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
-                },
-                Form::Unstorable(_) => MessageRow {
-                    digest: &msg.digest,
-                    received_at: msg.received_at,
-                    topic: Cow::Owned(
-                        clean(&msg.topic)
-                            .chars()
-                            .take(UNSTORABLE_TOPIC_CHARS)
-                            .collect(),
-                    ),
-                    payload: &[],
-                    is_text: false,
-                    payload_size: i32::try_from(msg.size).unwrap_or(i32::MAX),
-                },
-            });
+    // One row per message with something to store (consecutive rejections share it; refused
+    // readings revisit earlier messages, hence the dedup at the end).
+    let add_message = |rows: &mut Rows<'a>, msg: &'a Message| {
+        if rows.messages.last().map(|r| r.digest) == Some(&msg.digest[..]) {
+            return;
         }
-        Some(msg)
+        let payload_size = i32::try_from(msg.size).unwrap_or(i32::MAX);
+        rows.messages.push(match form {
+            Form::Judged => MessageRow {
+                digest: &msg.digest,
+                received_at: msg.received_at,
+                topic: clean(&msg.topic),
+                payload: &msg.payload,
+                is_text: is_text(&msg.payload),
+                payload_size,
+            },
+            Form::Unstorable(_) => MessageRow {
+                digest: &msg.digest,
+                received_at: msg.received_at,
+                topic: Cow::Owned(
+                    clean(&msg.topic)
+                        .chars()
+                        .take(UNSTORABLE_TOPIC_CHARS)
+                        .collect(),
+                ),
+                payload: &[],
+                is_text: false,
+                payload_size,
+            },
+        });
     };
     if let Form::Unstorable(why) = form {
-        for (i, _) in part.messages.iter().enumerate() {
-            let m = part
-                .first
-                .saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
-            let Some(msg) = with_message(&mut rows, m) else {
-                continue;
-            };
+        let detail = clean(&format!(
+            "the database refused this message and its rejections, so only this row is kept \
+             (the payload is not): {why}"
+        ))
+        .into_owned();
+        let j = Rejection::new(Reason::InvalidValue, UNSTORABLE_SEQ, "");
+        for msg in part.messages {
+            add_message(&mut rows, msg);
             rows.runs.push(RunRow {
-                digest: &msg.digest,
-                seq: int(UNSTORABLE_SEQ),
-                count: 1,
-                element: None,
-                received_at: msg.received_at,
-                reason: Reason::InvalidValue.as_str(),
-                detail: Cow::Owned(
-                    clean(&format!(
-                        "the database refused this message and its rejections, so only this \
-                         row is kept (the payload is not): {why}"
-                    ))
-                    .into_owned(),
-                ),
-                entity_type: None,
-                entity_id: None,
-                metric: None,
-                ts: None,
+                detail: Cow::Owned(detail.clone()),
+                ..run_row(msg, &j)
             });
         }
         return rows;
     }
     for r in part.rejected {
-        let Some(msg) = with_message(&mut rows, r.message) else {
+        let Some(msg) = part.message(r.message) else {
             continue;
         };
+        add_message(&mut rows, msg);
         let j = &r.rejection;
         rows.runs.push(RunRow {
             detail: clean(&j.detail),
@@ -195,9 +184,10 @@ pub fn encode<'a>(
         });
     }
     for (a, why) in refused_rows {
-        let Some(msg) = with_message(&mut rows, a.message) else {
+        let Some(msg) = part.message(a.message) else {
             continue;
         };
+        add_message(&mut rows, msg);
         let j = refused(a, why);
         rows.runs.push(RunRow {
             detail: Cow::Owned(clean(&j.detail).into_owned()),
