@@ -118,11 +118,14 @@ fn create_links(t: &Table) -> Value {
             json!({"operationId": format!("{verb}{name}"), "parameters": by_id}),
         );
     }
-    if read::measurements_route(t).is_some() {
-        links.insert(
-            format!("get{name}Measurements"),
-            json!({"operationId": format!("get{name}Measurements"), "parameters": by_id}),
-        );
+    // The read routes under one row of this table (its readings, revisions, …).
+    for r in read::all() {
+        if r.table.is_some_and(|rt| rt.name == t.name) {
+            links.insert(
+                r.operation_id.clone(),
+                json!({"operationId": r.operation_id, "parameters": by_id}),
+            );
+        }
     }
     let refers_here =
         |c: &&Column| matches!(c.kind, Kind::Uuid { refers_to: Some(r) } if r == t.name);
@@ -276,42 +279,26 @@ fn query_params(params: &[read::QueryParam]) -> Vec<Value> {
         .collect()
 }
 
-/// The routes of [`read`].
+/// The routes of [`read`], from their own descriptions.
 fn read_paths(paths: &mut Map<String, Value>) {
-    let object = json!({"type": "object"});
-    for t in TABLES {
-        let Some(route) = read::measurements_route(t) else {
-            continue;
-        };
-        let mut parameters = vec![param(
-            "id",
-            "path",
-            json!({"type": "string", "format": "uuid"}),
-            "",
-        )];
-        parameters.extend(query_params(read::MEASUREMENT_PARAMS));
+    for r in read::all() {
+        let mut parameters = Vec::new();
+        if r.table.is_some() {
+            let uuid = json!({"type": "string", "format": "uuid"});
+            parameters.push(param("id", "path", uuid, ""));
+        }
+        parameters.extend(query_params(r.params));
+        let ok = json_response(r.response, json!({"type": "object"}));
         let get = operation(
-            format!("get{}Measurements", schema_name(t)),
-            format!(
-                "Readings of a {}: raw, or per bucket (avg, min, max, last, count)",
-                t.noun
-            ),
+            r.operation_id,
+            r.summary,
             parameters,
             None,
-            &[("200", json_response("readings or buckets", object.clone()))],
-            &["400", "404", "503"],
+            &[("200", ok)],
+            r.errors,
         );
-        paths.insert(route, json!({"get": get}));
+        paths.insert(r.path, json!({"get": get}));
     }
-    let get = operation(
-        "listRejections".into(),
-        "Recent rejected readings, newest first".into(),
-        query_params(read::REJECTION_PARAMS),
-        None,
-        &[("200", json_response("rejections", object))],
-        &["400", "503"],
-    );
-    paths.insert(read::REJECTIONS_ROUTE.into(), json!({"get": get}));
 }
 
 pub fn openapi() -> Value {

@@ -1,15 +1,15 @@
-//! The read side for operators: readings of one entity (raw or bucketed) and recent rejections,
-//! enough to see that data flows without opening psql.
+//! The read side: readings of one entity (raw or bucketed) and recent rejections here, the
+//! energy-data routes of CONTRACT.md §7 in the modules beside this one.
 //!
-//! Each route's query parameters are described once, in [`MEASUREMENT_PARAMS`] and
-//! [`REJECTION_PARAMS`]: the handlers parse what those accept, and the OpenAPI document
-//! ([`super::openapi`]) is built from them.
+//! Each route is described once, as a [`ReadRoute`] in [`all`] (path, summary, handler), with
+//! its query parameters as a [`QueryParam`] table ([`MEASUREMENT_PARAMS`], …): the handlers
+//! parse what those accept, and the OpenAPI document ([`super::openapi`]) is built from them.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -27,13 +27,81 @@ pub const ENTITY_TABLES: [(EntityKind, &str); 3] = [
     (EntityKind::EnergySource, "energy_sources"),
 ];
 
-/// `/api/v1/{path}/{id}/measurements` for the table at `path` (its URL segment), when its rows
-/// have readings.
-pub fn measurements_route(table: &schema::Table) -> Option<String> {
-    ENTITY_TABLES
-        .iter()
-        .any(|(_, t)| *t == table.name)
-        .then(|| format!("/api/v1/{}/{{id}}/measurements", table.path))
+/// One read route, described once: [`routes`] mounts its handler and the OpenAPI document
+/// ([`super::openapi`]) is built from the same fields, so neither can name a parameter or a
+/// route the other does not have.
+pub struct ReadRoute {
+    /// For a route under one row (`/api/v1/{table}/{id}/…`, `id` a path parameter): the table.
+    pub table: Option<&'static schema::Table>,
+    pub path: String,
+    pub operation_id: String,
+    pub summary: String,
+    pub params: &'static [QueryParam],
+    /// What the 200 answer holds.
+    pub response: &'static str,
+    /// The error responses besides 401 and 500 (which every route has).
+    pub errors: &'static [&'static str],
+    pub handler: MethodRouter<AdminState>,
+}
+
+impl ReadRoute {
+    /// `GET /api/v1/{table path}/{id}/{segment}`, operation `get{Table}{Segment}`.
+    pub fn under(
+        table: &'static schema::Table,
+        segment: &str,
+        summary: String,
+        params: &'static [QueryParam],
+        response: &'static str,
+        handler: MethodRouter<AdminState>,
+    ) -> ReadRoute {
+        ReadRoute {
+            table: Some(table),
+            path: format!("/api/v1/{}/{{id}}/{segment}", table.path),
+            operation_id: format!(
+                "get{}{}",
+                schema::schema_name(table),
+                schema::pascal_case(segment, '-')
+            ),
+            summary,
+            params,
+            response,
+            errors: &["400", "404", "503"],
+            handler,
+        }
+    }
+}
+
+/// Every read route: the readings and rejections of this module, and the energy-data routes
+/// of CONTRACT.md §7 in the modules beside it.
+pub fn all() -> Vec<ReadRoute> {
+    let mut routes = Vec::new();
+    for (kind, name) in ENTITY_TABLES {
+        let Some(table) = schema::table(name) else {
+            continue;
+        };
+        routes.push(ReadRoute::under(
+            table,
+            "measurements",
+            format!(
+                "Readings of a {}: raw, or per bucket (avg, min, max, last, count)",
+                table.noun
+            ),
+            MEASUREMENT_PARAMS,
+            "readings or buckets",
+            get(move |s, p, q| measurements(s, kind, name, p, q)),
+        ));
+    }
+    routes.push(ReadRoute {
+        table: None,
+        path: REJECTIONS_ROUTE.into(),
+        operation_id: "listRejections".into(),
+        summary: "Recent rejected readings, newest first".into(),
+        params: REJECTION_PARAMS,
+        response: "rejections",
+        errors: &["400", "503"],
+        handler: get(rejections),
+    });
+    routes
 }
 
 /// `GET /api/v1/rejections`.
@@ -41,16 +109,9 @@ pub const REJECTIONS_ROUTE: &str = "/api/v1/rejections";
 
 /// Routes under `/api/v1`, merged into the admin router (and so behind its token).
 pub fn routes() -> Router<AdminState> {
-    let mut router = Router::new().route(REJECTIONS_ROUTE, get(rejections));
-    for (kind, table) in ENTITY_TABLES {
-        if let Some(route) = schema::table(table).and_then(measurements_route) {
-            router = router.route(
-                &route,
-                get(move |s, p, q| measurements(s, kind, table, p, q)),
-            );
-        }
-    }
-    router
+    all()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(&r.path, r.handler))
 }
 
 /// Largest `limit` of either route.
