@@ -152,6 +152,7 @@ pub struct IngestConfig {
     pub retry_min_ms: u64,
     pub retry_max_ms: u64,
     pub shutdown_timeout_secs: u64,
+    pub corrections: crate::corrections::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

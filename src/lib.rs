@@ -17,7 +17,8 @@ pub mod registry_sync;
 // batched,
 pub mod batch;
 
-// written,
+// written (a key's readings decided by the correction policy),
+pub use enalysis_core::corrections;
 pub mod write;
 
 // and acknowledged.

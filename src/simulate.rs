@@ -38,6 +38,11 @@ pub struct SimulateArgs {
     /// Share of messages (0 to 1) made invalid on purpose, cycling through the reasons.
     #[arg(long, default_value_t = 0.0)]
     pub invalid_share: f64,
+    /// Share of messages (0 to 1) sent first as an estimate (`"quality": "estimated"`, values 3%
+    /// low) and again, a few seconds later, with the real values: corrections (CONTRACT.md §4).
+    /// The second sending counts as a message of its own.
+    #[arg(long, default_value_t = 0.0)]
+    pub corrections: f64,
     /// One reading per message (`power` only) instead of a `values` map of several metrics.
     #[arg(long)]
     pub single: bool,
@@ -70,6 +75,10 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.invalid_share),
         "--invalid-share must be between 0 and 1"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.corrections),
+        "--corrections must be between 0 and 1"
     );
     let db = Db::new(&config.database)?;
     let client = db.get().await?;
@@ -168,6 +177,11 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     let mut sent: u64 = 0;
     let mut readings: u64 = 0;
     let mut invalid_sent: u64 = 0;
+    // The real values of estimates sent, due once `sent` reaches the first field.
+    let mut pending: std::collections::VecDeque<(u64, String, Vec<u8>, u64)> = Default::default();
+    let mut corrections_sent: u64 = 0;
+    // A correction follows its estimate after about two seconds of publishing.
+    let correction_lag = (args.rate * 2).max(1);
     let mut next_report = Instant::now() + Duration::from_secs(5);
     while sent < total {
         interval.tick().await;
@@ -175,10 +189,16 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while sent < due {
             let d = sent as usize % devices.len();
-            let want_invalid = args.invalid_share > 0.0
-                && ((sent + 1) as f64 * args.invalid_share).floor()
-                    > (sent as f64 * args.invalid_share).floor();
-            let (topic, payload, n) = if want_invalid {
+            let want_invalid = share_hits(sent, args.invalid_share);
+            let due_correction = pending.front().is_some_and(|p| p.0 <= sent)
+                // The last messages: every estimate gets its correction.
+                || total - sent <= pending.len() as u64;
+            let (topic, payload, n) = if due_correction
+                && let Some((_, topic, payload, n)) = pending.pop_front()
+            {
+                corrections_sent += 1;
+                (topic, payload, n)
+            } else if want_invalid {
                 let reason = INVALID[invalid_sent as usize % INVALID.len()];
                 invalid_sent += 1;
                 // A one-way meter, where one exists, for the category rule.
@@ -209,7 +229,13 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                     payload.push(b']');
                     (payload, n)
                 };
-                (device.topic.clone(), payload, n)
+                if share_hits(sent, args.corrections) && total - sent > pending.len() as u64 + 1 {
+                    let estimate = estimated(&payload);
+                    pending.push_back((sent + correction_lag, device.topic.clone(), payload, n));
+                    (device.topic.clone(), estimate, n)
+                } else {
+                    (device.topic.clone(), payload, n)
+                }
             };
             let client = &clients[sent as usize % clients.len()];
             client
@@ -225,6 +251,7 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                 sent,
                 readings,
                 invalid = invalid_sent,
+                corrections = corrections_sent,
                 rate = (sent as f64 / started.elapsed().as_secs_f64()) as u64,
                 "publishing"
             );
@@ -241,11 +268,49 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "published {sent} messages ({readings} readings, {invalid_sent} invalid) in {secs:.1} s: {:.0} messages/s, broker acked {}",
+        "published {sent} messages ({readings} readings, {invalid_sent} invalid, {corrections_sent} corrections) in {secs:.1} s: {:.0} messages/s, broker acked {}",
         sent as f64 / secs,
         acked.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// Does message `n` fall in the share (spread evenly: every 1/share-th message)?
+fn share_hits(n: u64, share: f64) -> bool {
+    share > 0.0 && ((n + 1) as f64 * share).floor() > (n as f64 * share).floor()
+}
+
+/// The estimate a gateway would have sent for `payload` while the meter could not be read:
+/// every value 3% low, quality `estimated`. (Lower, not higher: an energy register must not
+/// run ahead of its next real reading.)
+fn estimated(payload: &[u8]) -> Vec<u8> {
+    fn estimate(v: &mut serde_json::Value) {
+        let low = |x: &mut serde_json::Value| {
+            if let Some(f) = x.as_f64() {
+                *x = ((f * 0.97 * 1000.0).round() / 1000.0).into();
+            }
+        };
+        match v {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(estimate),
+            serde_json::Value::Object(o) => {
+                if let Some(x) = o.get_mut("value") {
+                    low(x);
+                }
+                if let Some(serde_json::Value::Object(values)) = o.get_mut("values") {
+                    values.values_mut().for_each(low);
+                }
+                o.insert("quality".into(), "estimated".into());
+            }
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(mut v) => {
+            estimate(&mut v);
+            v.to_string().into_bytes()
+        }
+        Err(_) => payload.to_vec(),
+    }
 }
 
 fn publisher_options(opts: &mut MqttOptions) {
@@ -340,6 +405,12 @@ fn invalid_message(
         }
         OutOfRange => serde_json::json!({"ts": ts, "metric": "voltage", "value": -5.0}),
         CategoryViolation => serde_json::json!({"ts": ts, "metric": "power", "value": -1.0}),
+        // Two readings for one key: the first is stored, the second (different, and no better)
+        // is not applied under any policy.
+        Superseded => serde_json::json!([
+            {"ts": ts, "metric": "power", "value": 1.0},
+            {"ts": ts, "metric": "power", "value": 2.0, "quality": "bad"},
+        ]),
     };
     (d.topic.clone(), body.to_string().into_bytes(), 1)
 }

@@ -10,7 +10,7 @@ pub use logs::{LogTarget, RejectionSummary, init_logs};
 pub use recorder::install_metrics;
 
 /// Every metric name the daemon exports (CONTRACT.md §5), in one place. Labels are bounded:
-/// `reason` takes the 13 contract reasons, nothing takes a topic or an id.
+/// `reason` takes the 14 contract reasons, nothing takes a topic or an id.
 pub mod names {
     pub const MESSAGES_RECEIVED: &str = "ingest_messages_received_total";
     /// Messages on `mqtt.ignore_topics`: acknowledged, not stored.
@@ -19,6 +19,8 @@ pub mod names {
     /// Label `reason`.
     pub const READINGS_REJECTED: &str = "ingest_readings_rejected_total";
     pub const READINGS_DUPLICATE: &str = "ingest_readings_duplicate_total";
+    /// Readings that replaced a stored one (corrections; each replaced version is a revision).
+    pub const READINGS_CORRECTED: &str = "ingest_readings_corrected_total";
     pub const BATCH_ROWS: &str = "ingest_batch_rows";
     pub const FLUSH_DURATION: &str = "ingest_flush_duration_seconds";
     pub const END_TO_END_LATENCY: &str = "ingest_end_to_end_latency_seconds";

@@ -28,6 +28,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         names::MESSAGES_RECEIVED,
         names::READINGS_ACCEPTED,
         names::READINGS_DUPLICATE,
+        names::READINGS_CORRECTED,
         names::DB_ERRORS,
         names::MESSAGES_ISOLATED,
         names::MESSAGES_IGNORED,
@@ -55,7 +56,7 @@ fn describe() {
     );
     describe_counter!(
         names::READINGS_ACCEPTED,
-        "Readings committed to measurements"
+        "Readings committed to measurements (new keys and corrections)"
     );
     describe_counter!(
         names::READINGS_REJECTED,
@@ -63,7 +64,11 @@ fn describe() {
     );
     describe_counter!(
         names::READINGS_DUPLICATE,
-        "Redelivered readings that were already stored"
+        "Readings already stored with the same value and quality (redeliveries)"
+    );
+    describe_counter!(
+        names::READINGS_CORRECTED,
+        "Readings committed in place of a stored one, the replaced version kept in measurement_revisions (also counted as accepted)"
     );
     describe_histogram!(
         names::BATCH_ROWS,

@@ -34,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::Acker;
 use crate::backoff::Backoff;
 use crate::batch::{Accepted, Batch, Part};
+use crate::corrections::Policy;
 use crate::db::{Db, DbError, pg_error_message};
+use crate::model::{Reason, Rejection};
 use crate::telemetry::names;
 
 /// After a batch met duplicates, this many following batches take the staging path directly.
@@ -93,12 +95,17 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
 /// What a committed batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
+    /// Readings stored under keys that held none.
     pub inserted: u64,
+    /// Readings stored in place of another (CONTRACT.md §4, corrections).
+    pub corrected: u64,
     pub duplicates: u64,
     /// Rejection rows (runs) stored.
     pub rejected: u64,
     /// Rows the database refused, stored as rejections instead.
     pub refused: u64,
+    /// Readings the correction policy did not apply, stored as rejections instead.
+    pub superseded: u64,
     /// Messages the database kept refusing, stored as rejections instead.
     pub isolated: u64,
 }
@@ -106,9 +113,11 @@ pub struct Written {
 impl std::ops::AddAssign for Written {
     fn add_assign(&mut self, o: Self) {
         self.inserted += o.inserted;
+        self.corrected += o.corrected;
         self.duplicates += o.duplicates;
         self.rejected += o.rejected;
         self.refused += o.refused;
+        self.superseded += o.superseded;
         self.isolated += o.isolated;
     }
 }
@@ -130,6 +139,7 @@ pub struct Writer {
     types: Option<Vec<Type>>,
     staged_left: u32,
     backoff: Backoff,
+    policy: Policy,
 }
 
 impl Writer {
@@ -139,6 +149,7 @@ impl Writer {
             types: None,
             staged_left: 0,
             backoff: Backoff::new(cfg.retry_min_ms, cfg.retry_max_ms),
+            policy: cfg.corrections,
         }
     }
 
@@ -284,8 +295,12 @@ impl Writer {
             Attempt::Unstorable(why) => Form::Unstorable(why),
             _ => Form::Judged,
         };
-        let refused_by_attempt: Vec<(&Accepted, String)> = match attempt {
-            Attempt::Refused(why) => part.accepted.iter().map(|a| (a, why.to_string())).collect(),
+        let refused_by_attempt: Vec<(&Accepted, Rejection)> = match attempt {
+            Attempt::Refused(why) => part
+                .accepted
+                .iter()
+                .map(|a| (a, rejections::refused(a, why)))
+                .collect(),
             _ => Vec::new(),
         };
         if accepted.is_empty() {
@@ -318,7 +333,7 @@ impl Writer {
 
         if self.staged_left == 0 {
             let tx = client.transaction().await?;
-            match rows::copy_chunked(&tx, "measurements", &types, &accepted).await {
+            match rows::copy_chunked(&tx, &types, &accepted).await {
                 Ok(n) => {
                     let rejected =
                         rows::insert_rejections(&tx, &encode(&part, &[], Form::Judged)).await?;
@@ -344,24 +359,26 @@ impl Writer {
         self.staged_left = self.staged_left.saturating_sub(1);
 
         let mut tx = client.transaction().await?;
-        tx.batch_execute(
-            "CREATE TEMP TABLE IF NOT EXISTS measurements_staging (LIKE measurements) \
-             ON COMMIT DELETE ROWS",
-        )
-        .await?;
-        let mut refused = Vec::new();
-        let mut inserted = 0;
+        tx.batch_execute(rows::CREATE_STAGING).await?;
+        let mut settled = rows::Settlement::default();
         for chunk in accepted.chunks(CHUNK_ROWS) {
-            inserted += rows::insert_isolating(&mut tx, &types, chunk, &mut refused).await?;
+            rows::settle_isolating(&mut tx, &types, chunk, self.policy, &mut settled).await?;
         }
-        let rejected = rows::insert_rejections(&tx, &encode(&part, &refused, Form::Judged)).await?;
+        let rejected =
+            rows::insert_rejections(&tx, &encode(&part, &settled.rejected, Form::Judged)).await?;
         tx.commit().await?;
-        let stored = accepted.len() as u64 - refused.len() as u64;
+        let superseded = settled
+            .rejected
+            .iter()
+            .filter(|(_, j)| j.reason == Reason::Superseded)
+            .count() as u64;
         Ok(Written {
-            inserted,
-            duplicates: stored - inserted.min(stored),
+            inserted: settled.inserted,
+            corrected: settled.corrected,
+            duplicates: settled.duplicates,
             rejected,
-            refused: refused.len() as u64,
+            refused: settled.rejected.len() as u64 - superseded,
+            superseded,
             isolated: 0,
         })
     }
@@ -385,7 +402,9 @@ pub async fn run(
             return;
         };
         let acks = acker.ack_all(&batch.acks);
-        metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted);
+        // A correction is an accepted reading too: it is what the key holds now.
+        metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted + written.corrected);
+        metrics::counter!(names::READINGS_CORRECTED).increment(written.corrected);
         metrics::counter!(names::READINGS_DUPLICATE).increment(written.duplicates);
         metrics::histogram!(names::BATCH_ROWS).record(batch.rows() as f64);
         if let Some(started) = batch.started {
@@ -394,7 +413,9 @@ pub async fn run(
         tracing::debug!(
             rows = batch.rows(),
             inserted = written.inserted,
+            corrected = written.corrected,
             duplicates = written.duplicates,
+            superseded = written.superseded,
             rejected = written.rejected,
             acked = acks.acked,
             stale_acks = acks.stale,
@@ -404,12 +425,16 @@ pub async fn run(
         if written.refused > 0 {
             // Refused rows (isolated under savepoints, or every reading of an isolated message)
             // are rejections decided here, not by the validator: counted here.
-            metrics::counter!(names::READINGS_REJECTED, "reason" => crate::model::Reason::InvalidValue.as_str())
+            metrics::counter!(names::READINGS_REJECTED, "reason" => Reason::InvalidValue.as_str())
                 .increment(written.refused);
             tracing::warn!(
                 rows = written.refused,
                 "the database refused rows; stored as rejections"
             );
+        }
+        if written.superseded > 0 {
+            metrics::counter!(names::READINGS_REJECTED, "reason" => Reason::Superseded.as_str())
+                .increment(written.superseded);
         }
         // The batch's memory goes back to the budget here, after its acks are queued.
         drop(batch);

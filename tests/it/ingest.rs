@@ -604,7 +604,7 @@ async fn metrics_and_readiness_are_served_on_the_http_listener() {
 }
 
 #[tokio::test]
-async fn daemons_in_a_shared_group_split_the_stream_and_store_it_once() {
+async fn daemons_in_a_shared_group_split_the_stream_and_store_it_once_misrouted_topics_too() {
     let s = setup().await;
     let mut env = daemon_env(&s.db, &s.broker.url());
     env.push(("ENALYSIS_MQTT__SHARED_GROUP".into(), "ingest".into()));
@@ -619,14 +619,24 @@ async fn daemons_in_a_shared_group_split_the_stream_and_store_it_once() {
     let b = Daemon::start(&env_b).await;
     let p = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    // The group's subscription is `$share/ingest/enalysis/v1/#`: misrouted topics reach one
+    // of the two, once, and are stored as unknown_topic.
+    let misrouted = format!("enalysis/v1/meter/{}/readings", s.ids.meter);
     for i in 0..400 {
-        p.publish(
-            &topic,
-            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
-        )
-        .await;
+        let reading = json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string();
+        if i % 20 == 0 {
+            p.publish(&misrouted, reading.clone()).await;
+        }
+        p.publish(&topic, reading).await;
     }
     wait_count(&s.client, MEAS, 400).await;
+    wait_count(
+        &s.client,
+        "SELECT count(*) FROM rejected_readings WHERE reason = 'unknown_topic'",
+        20,
+    )
+    .await;
+    wait_count(&s.client, REJ, 20).await;
     // Both took part: each logged at least one committed batch.
     a.wait_for_log("batch committed", 1).await;
     b.wait_for_log("batch committed", 1).await;

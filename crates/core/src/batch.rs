@@ -3,6 +3,8 @@
 //! messages. The daemon's `Batch` (which also holds ack tokens and a budget charge) keeps
 //! vectors of these.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -18,8 +20,8 @@ pub struct Message {
     /// The size of the payload as received.
     pub size: usize,
     pub received_at: DateTime<Utc>,
-    /// See [`digest`]; computed once, from the whole payload.
-    pub digest: Digest32,
+    /// See [`digest`] and [`Message::digest`].
+    digest: OnceLock<Digest32>,
 }
 
 pub type Digest32 = [u8; 32];
@@ -55,7 +57,8 @@ pub struct Rejected {
 
 impl Message {
     /// The message as the writer keeps it: the payload cut at `keep` bytes, and the digest of
-    /// the whole of it when it has rejections to store (an accepted-only message needs none).
+    /// the whole of it when it has rejections to store (an accepted-only message needs one only
+    /// if the writer rejects a reading of it after all; [`Message::digest`] makes it then).
     pub fn new(
         topic: String,
         raw_topic: &[u8],
@@ -65,11 +68,10 @@ impl Message {
         with_digest: bool,
     ) -> Self {
         let size = payload.len();
-        let digest = if with_digest {
-            digest(raw_topic, &payload)
-        } else {
-            [0; 32]
-        };
+        let digest = OnceLock::new();
+        if with_digest {
+            let _ = digest.set(self::digest(raw_topic, &payload));
+        }
         // A copy, so the memory of the rest is freed now (a slice would keep all of it).
         let payload = if size > keep {
             Bytes::copy_from_slice(&payload[..keep])
@@ -83,6 +85,14 @@ impl Message {
             received_at,
             digest,
         }
+    }
+
+    /// The message's digest. Made on first use for a message judged without rejections: its
+    /// topic matched a contract pattern, so it is the raw topic, and its payload is whole (it
+    /// was not over the size limit), so this is the digest of exactly what was received.
+    pub fn digest(&self) -> &Digest32 {
+        self.digest
+            .get_or_init(|| digest(self.topic.as_bytes(), &self.payload))
     }
 }
 

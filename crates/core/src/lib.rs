@@ -5,10 +5,11 @@
 //!
 //! In the order a reading travels: [`model`] (the types), [`catalogue`] (metrics and units),
 //! [`registry`] (the snapshot), [`decode`] → [`validate`], then [`batch`] (what the writer
-//! holds) → [`rejections`] (rows).
+//! holds) → [`corrections`] (a key's readings decided) and [`rejections`] (rows).
 
 pub mod batch;
 pub mod catalogue;
+pub mod corrections;
 pub mod decode;
 pub mod model;
 pub mod registry;

@@ -142,10 +142,12 @@ pub enum Reason {
     InvalidQuality,
     OutOfRange,
     CategoryViolation,
+    /// A different reading for a key that holds one the correction policy keeps.
+    Superseded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Self::MalformedPayload,
         Self::PayloadTooLarge,
         Self::UnknownTopic,
@@ -159,6 +161,7 @@ impl Reason {
         Self::InvalidQuality,
         Self::OutOfRange,
         Self::CategoryViolation,
+        Self::Superseded,
     ];
 
     /// The label stored in `rejected_readings.reason` and used as the metric label.
@@ -177,6 +180,7 @@ impl Reason {
             Self::InvalidQuality => "invalid_quality",
             Self::OutOfRange => "out_of_range",
             Self::CategoryViolation => "category_violation",
+            Self::Superseded => "superseded",
         }
     }
 }

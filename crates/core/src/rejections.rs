@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::batch::{Accepted, Message, Part};
+use crate::corrections::{Policy, Version};
 use crate::model::{Reason, Rejection};
 
 /// At most this many rows in one statement ...
@@ -19,7 +20,7 @@ pub const CHUNK_ROWS: usize = 5_000;
 /// budget, and a few round trips more per batch of rejections cost nothing that matters.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// The seq numbers given to readings the database refused start here, above any position the
+/// The seq numbers given to readings the writer rejects (refused, superseded) start here, above any position the
 /// validator assigns, so they never collide with its rejections of the same message.
 pub const REFUSED_SEQ_BASE: u32 = 1 << 30;
 /// The seq of the one row kept for a message whose rejections could not be stored either.
@@ -30,7 +31,7 @@ const UNSTORABLE_TOPIC_CHARS: usize = 1024;
 /// How a part's rejections are to be stored.
 #[derive(Debug, Clone, Copy)]
 pub enum Form<'e> {
-    /// As judged, plus the accepted readings listed as refused.
+    /// As judged, plus the accepted readings the writer rejected after all.
     Judged,
     /// The message could not be stored even as rejections: one row saying so, without the
     /// payload (its size is kept). The last resort before concluding the database is at fault.
@@ -100,12 +101,37 @@ fn int(n: u32) -> i32 {
 /// The rejection recorded for an accepted reading the database refused (`why`).
 pub fn refused(a: &Accepted, why: &str) -> Rejection {
     let r = &a.reading;
+    let detail = format!(
+        "value {} {} for {} was refused by the database: {why}",
+        r.value, r.unit, r.metric
+    );
+    after_judgement(a, Reason::InvalidValue, detail)
+}
+
+/// The rejection recorded for an accepted reading the correction policy did not apply: the key
+/// held `held` (CONTRACT.md §4).
+pub fn superseded(a: &Accepted, held: Version, policy: Policy) -> Rejection {
+    let r = &a.reading;
+    let detail = format!(
+        "the key holds {} {} ({}), which policy {:?} keeps over this {} {} ({})",
+        held.value,
+        r.unit,
+        held.quality.as_str(),
+        policy.as_str(),
+        r.value,
+        r.unit,
+        r.quality.as_str()
+    );
+    after_judgement(a, Reason::Superseded, detail)
+}
+
+/// A rejection of an accepted reading, decided by the writer after validation. Its seq lies
+/// above the validator's, so redelivery maps it onto the same row.
+fn after_judgement(a: &Accepted, reason: Reason, detail: String) -> Rejection {
+    let r = &a.reading;
     Rejection {
-        reason: Reason::InvalidValue,
-        detail: format!(
-            "value {} {} for {} was refused by the database: {why}",
-            r.value, r.unit, r.metric
-        ),
+        reason,
+        detail,
         seq: REFUSED_SEQ_BASE.saturating_add(a.index),
         count: 1,
         element: None,
@@ -116,24 +142,25 @@ pub fn refused(a: &Accepted, why: &str) -> Rejection {
     }
 }
 
-/// The rows for `part`'s rejections and for the accepted readings in `refused` (with why the
-/// database refused each). Messages without any are left out.
+/// The rows for `part`'s rejections and for the accepted readings the writer rejected after all
+/// (refused by the database, or superseded: [`refused`], [`superseded`]). Messages without any
+/// are left out.
 pub fn encode<'a>(
     part: &Part<'a>,
-    refused_rows: &[(&'a Accepted, String)],
+    after: &[(&'a Accepted, Rejection)],
     form: Form<'_>,
 ) -> Rows<'a> {
     let mut rows = Rows::default();
     // One row per message with something to store (consecutive rejections share it; refused
     // readings revisit earlier messages, hence the dedup at the end).
     let add_message = |rows: &mut Rows<'a>, msg: &'a Message| {
-        if rows.messages.last().map(|r| r.digest) == Some(&msg.digest[..]) {
+        if rows.messages.last().map(|r| r.digest) == Some(&msg.digest()[..]) {
             return;
         }
         let payload_size = i32::try_from(msg.size).unwrap_or(i32::MAX);
         rows.messages.push(match form {
             Form::Judged => MessageRow {
-                digest: &msg.digest,
+                digest: msg.digest(),
                 received_at: msg.received_at,
                 topic: clean(&msg.topic),
                 payload: &msg.payload,
@@ -141,7 +168,7 @@ pub fn encode<'a>(
                 payload_size,
             },
             Form::Unstorable(_) => MessageRow {
-                digest: &msg.digest,
+                digest: msg.digest(),
                 received_at: msg.received_at,
                 topic: Cow::Owned(
                     clean(&msg.topic)
@@ -183,19 +210,18 @@ pub fn encode<'a>(
             ..run_row(msg, j)
         });
     }
-    for (a, why) in refused_rows {
+    for (a, j) in after {
         let Some(msg) = part.message(a.message) else {
             continue;
         };
         add_message(&mut rows, msg);
-        let j = refused(a, why);
         rows.runs.push(RunRow {
             detail: Cow::Owned(clean(&j.detail).into_owned()),
             metric: j
                 .metric
                 .as_deref()
                 .map(|m| Cow::Owned(clean(m).into_owned())),
-            ..run_row(msg, &j)
+            ..run_row(msg, j)
         });
     }
     // Refused readings come after the validator's rejections of other messages; one row per
@@ -209,7 +235,7 @@ pub fn encode<'a>(
 /// owns).
 fn run_row<'a>(msg: &'a Message, r: &Rejection) -> RunRow<'a> {
     RunRow {
-        digest: &msg.digest,
+        digest: msg.digest(),
         seq: int(r.seq),
         count: int(r.count.max(1)),
         element: r.element.map(int),
