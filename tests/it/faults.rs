@@ -623,3 +623,92 @@ async fn a_daemon_killed_in_a_shared_group_gets_its_share_when_it_comes_back() {
     let _members = (a, b);
     assert_ingesting_again(None, &broker.url(), &topic, &client, 2500).await;
 }
+
+/// A correction committed but not acknowledged when the daemon is killed is redelivered; the
+/// restarted daemon finds it stored and leaves it alone: one revision per corrected key, never
+/// two. The acknowledgements are held back by freezing the daemon's link to the broker after the
+/// corrections reached it (batches wait a second, so they commit after the freeze).
+#[tokio::test]
+async fn a_correction_redelivered_after_kill_9_leaves_exactly_one_revision() {
+    let db = support::migrated_db().await;
+    let client = support::connect(&db).await;
+    let ids = support::insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    let link = Proxy::start(broker.port()).await;
+    let proxy = &link;
+    let mut env = daemon_env(&db, &proxy.url());
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "1000");
+    let mut daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let base = Utc::now() - ChronoDuration::hours(1);
+    let n: i64 = 50;
+    let energy = |i: i64, value: f64, quality: &str| {
+        let ts = base + ChronoDuration::seconds(i);
+        json!({"ts": ts.to_rfc3339(), "metric": "energy", "value": value, "quality": quality})
+            .to_string()
+    };
+    for i in 0..n {
+        p.publish(&topic, energy(i, 100.0 + i as f64, "estimated"))
+            .await;
+    }
+    wait_count(&client, "SELECT count(*) FROM measurements", n).await;
+    let before = proxy.downstream_bytes();
+    for i in 0..n {
+        p.publish(&topic, energy(i, 104.0 + i as f64, "good")).await;
+    }
+    common::wait_until(
+        Duration::from_secs(10),
+        "the corrections to reach the daemon",
+        || async move { proxy.downstream_bytes() > before + 50 * 100 },
+    )
+    .await;
+    proxy.freeze();
+    let good = "SELECT count(*) FROM measurements WHERE quality = 'good'";
+    common::wait_until(
+        Duration::from_secs(10),
+        "corrections committed behind the frozen link",
+        || {
+            let client = &client;
+            async move {
+                client
+                    .query_one(good, &[])
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) > 0)
+            }
+        },
+    )
+    .await;
+    daemon.kill9();
+    let daemon = Daemon::start(&env).await;
+    wait_count(&client, good, n).await;
+    // The redelivered corrections met themselves: duplicates, no new revision.
+    common::wait_until(
+        Duration::from_secs(20),
+        "a committed batch of redelivered corrections (duplicates)",
+        || {
+            let hit = daemon
+                .log_text()
+                .lines()
+                .any(|l| l.contains("batch committed") && !l.contains("\"duplicates\":0"));
+            async move { hit }
+        },
+    )
+    .await;
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT ts), count(*) FILTER (WHERE quality = 'estimated')
+             FROM measurement_revisions",
+            &[],
+        )
+        .await
+        .expect("revisions");
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (n, n, n)
+    );
+}
