@@ -52,6 +52,24 @@ pub fn filters(cfg: &MqttConfig) -> Vec<String> {
     }]
 }
 
+/// The four filters of releases before `{prefix}/#` (one per contract topic). A persistent
+/// session made by such a release still holds them, and with both in place the broker would
+/// deliver every reading twice; so a resumed session drops them.
+pub fn legacy_filters(cfg: &MqttConfig) -> Vec<String> {
+    let prefix = cfg.topic_prefix.trim_end_matches('/');
+    ["meters", "assets", "energy-sources", "gateways"]
+        .iter()
+        .map(|kind| {
+            let filter = format!("{prefix}/{kind}/+/readings");
+            if cfg.shared_group.is_empty() {
+                filter
+            } else {
+                format!("$share/{}/{filter}", cfg.shared_group)
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
     #[error(transparent)]
@@ -165,7 +183,10 @@ pub fn start(
     let task = tokio::spawn(drive(
         eventloop,
         client.clone(),
-        filters(cfg),
+        Subscription {
+            filters: filters(cfg),
+            legacy: legacy_filters(cfg),
+        },
         Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
         link.clone(),
         outlet,
@@ -180,10 +201,16 @@ pub fn start(
     ))
 }
 
+/// What the daemon subscribes to, and what a resumed session of an older release may still hold.
+struct Subscription {
+    filters: Vec<String>,
+    legacy: Vec<String>,
+}
+
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Vec<String>,
+    Subscription { filters, legacy }: Subscription,
     mut backoff: Backoff,
     link: Arc<Link>,
     outlet: Outlet,
@@ -281,6 +308,15 @@ async fn drive(
                         .map(|f| Filter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(topics) {
                         tracing::error!(error = %e, "could not queue the subscription");
+                    }
+                    // After the subscription, so no message falls between the two; dropping a
+                    // filter the session does not hold is harmless.
+                    if connack.session_present {
+                        for legacy in &legacy {
+                            if let Err(e) = client.try_unsubscribe(legacy.clone()) {
+                                tracing::error!(error = %e, "could not queue an unsubscribe");
+                            }
+                        }
                     }
                     subscribed_once = true;
                 }

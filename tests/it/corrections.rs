@@ -182,6 +182,57 @@ async fn outcome_table_under(policy: &str, p: usize) {
             }
         }
     }
+    // The same revisions through the read API (CONTRACT.md §7), oldest replacement first.
+    let api = |q: String| async move {
+        let path = format!("/api/v1/meters/{}/revisions{q}", s.ids.meter);
+        let (status, body) = support::http(port, "GET", &path, None, None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        (status, v)
+    };
+    let (status, all) = api(String::new()).await;
+    assert_eq!(status, 200, "{all}");
+    let all = all["revisions"].as_array().expect("revisions").clone();
+    assert_eq!(all.len() as i64, 2 * count(R));
+    for w in all.windows(2) {
+        assert!(w[0]["replaced_at"].as_str() <= w[1]["replaced_at"].as_str());
+    }
+    for r in &all {
+        for field in [
+            "metric",
+            "ts",
+            "value",
+            "unit",
+            "quality",
+            "received_at",
+            "replaced_at",
+        ] {
+            assert!(!r[field].is_null(), "{field} in {r}");
+        }
+    }
+    let enc = |t: DateTime<Utc>| t.to_rfc3339().replace('+', "%2B");
+    let window = format!(
+        "?metric=energy&from={}&to={}",
+        enc(within(0)),
+        enc(within(TABLE.len()))
+    );
+    let (status, some) = api(window).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        some["revisions"].as_array().map(Vec::len),
+        Some(count(R) as usize)
+    );
+    let (status, none) = api("?metric=power".into()).await;
+    assert_eq!(
+        (status, none["revisions"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let (status, _) = api(format!("?from={}&to={}", enc(within(1)), enc(within(0)))).await;
+    assert_eq!(status, 400);
+    let (status, _) = api("?metric=vibes".into()).await;
+    assert_eq!(status, 400);
+    let path = format!("/api/v1/meters/{}/revisions", uuid::Uuid::new_v4());
+    assert_eq!(support::http(port, "GET", &path, None, None).await.0, 404);
+
     let body = support::http_get(port, "/metrics").await;
     assert_eq!(
         metric(&body, "ingest_readings_corrected_total"),

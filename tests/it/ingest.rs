@@ -1037,3 +1037,66 @@ async fn a_misrouted_topic_is_stored_and_an_ignored_one_is_acknowledged_only() {
         "{metrics}"
     );
 }
+
+/// A persistent session made by a release that subscribed to the four contract topics still
+/// holds those filters; resumed by this one (which subscribes to `{prefix}/#`), it would get
+/// every reading twice. The daemon drops the old filters: each message arrives once.
+#[tokio::test]
+async fn a_session_left_by_the_four_filter_release_does_not_deliver_twice() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let s = setup().await;
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    let port = with_http_port(&mut env);
+    let client_id = env
+        .iter()
+        .find(|(k, _)| k == "ENALYSIS_MQTT__CLIENT_ID")
+        .map(|(_, v)| v.clone())
+        .expect("client id");
+    // The old release's session: same client id, persistent, the four filters.
+    {
+        let mut opts = MqttOptions::new(&client_id, "127.0.0.1", s.broker.port());
+        opts.set_clean_start(false);
+        opts.set_session_expiry_interval(Some(3600));
+        let (client, mut eventloop) = AsyncClient::new(opts, 10);
+        for kind in ["meters", "assets", "energy-sources", "gateways"] {
+            client
+                .subscribe(format!("enalysis/v1/{kind}/+/readings"), QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+        }
+        let mut subacks = 0;
+        while subacks < 4 {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+                subacks += 1;
+            }
+        }
+        client.disconnect().await.expect("disconnect");
+        while eventloop.poll().await.is_ok() {}
+    }
+    let daemon = Daemon::start(&env).await;
+    daemon.wait_for_log("session_present\":true", 1).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let n = 50;
+    for i in 0..n {
+        p.publish(
+            &topic,
+            json!({"ts": ts(i), "metric": "power", "value": 1.0}).to_string(),
+        )
+        .await;
+    }
+    wait_count(&s.client, MEAS, n).await;
+    // Give a second copy time to arrive, then count what was received.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let metrics = support::http_get(port, "/metrics").await;
+    assert!(
+        metrics.contains(&format!("ingest_messages_received_total {n}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ingest_readings_duplicate_total 0"),
+        "{metrics}"
+    );
+}

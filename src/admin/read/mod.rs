@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+mod revisions;
+
 use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
@@ -91,6 +93,7 @@ pub fn all() -> Vec<ReadRoute> {
             get(move |s, p, q| measurements(s, kind, name, p, q)),
         ));
     }
+    routes.extend(revisions::routes());
     routes.push(ReadRoute {
         table: None,
         path: REJECTIONS_ROUTE.into(),
@@ -221,8 +224,32 @@ impl Accepts {
     }
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+pub fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("query", e.body_text())
+}
+
+/// The `{id}` of a route under one row, as a UUID (else 400).
+pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    // Not even text (invalid UTF-8): the same JSON 400 as any other non-UUID.
+    let Path(id) =
+        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
+    Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))
+}
+
+/// 404 unless `table` has a row `id` (active or not: its history is still there).
+pub async fn exists(
+    client: &crate::db::Client,
+    kind: EntityKind,
+    table: &str,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let found = client
+        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
+        .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no {} {id}", kind.as_str()))),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,7 +263,7 @@ pub struct MeasurementQuery {
     limit: Option<i64>,
 }
 
-fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.as_deref()
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
@@ -269,7 +296,7 @@ fn parse_bucket(raw: &str) -> Result<i64, ApiError> {
     Ok(secs)
 }
 
-fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
+pub fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
     match raw {
         None => Ok(default),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -288,11 +315,7 @@ async fn measurements(
     q: Result<Query<MeasurementQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    // Not even text (invalid UTF-8): the same JSON 400 as any other non-UUID.
-    let Path(id) =
-        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))?;
+    let id = path_id(id)?;
     let to = parse_time("to", &q.to)?.unwrap_or_else(|| Utc::now() + Duration::minutes(5));
     let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
     if from >= to {
@@ -307,12 +330,7 @@ async fn measurements(
         ));
     }
     let client = state.db.get().await?;
-    let exists = client
-        .query_opt(&format!("SELECT 1 FROM {table} WHERE id = $1"), &[&id])
-        .await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("no {} {id}", kind.as_str())));
-    }
+    exists(&client, kind, table, id).await?;
     let rows = match &q.bucket {
         None => {
             let limit = limit(q.limit, MEASUREMENTS_LIMIT)?;
@@ -401,7 +419,7 @@ async fn rejections(
 
 /// Column 0 of each row, a `jsonb_build_object`, as JSON. Rows can come from other writers (a
 /// jsonb number beyond f64 does not decode): a logged 500, never a panic.
-fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
+pub fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
     rows.iter()
         .map(|r| {
             r.try_get(0).map_err(|e| {
