@@ -17,6 +17,10 @@
 //!   table, for at most `BENCH_PEER_WINDOW_SECS`;
 //! - latency: the daemon at half its sustained rate, p50/p99 of receipt → commit from its
 //!   histogram;
+//! - corrections (issue #13): the 10/msg daemon case with 10% of the messages sent first as an
+//!   estimate and again, up to 10,000 messages later, with the real values (`simulate
+//!   --corrections 0.1`): every batch meets stored keys, so the conflict path runs throughout.
+//!   Checked: stored + revisions = readings sent, revisions = `ingest_readings_corrected_total`.
 //! - hostile flood (issue #11): for `BENCH_FLOOD_SECS`, the message that once wedged ingestion
 //!   (a ~250 KiB JSON array of 3,240 readings of −3.5 kW for a CONS meter, every one a
 //!   `category_violation`), `BENCH_FLOOD_RATE` of them a second, each one different, beside the
@@ -257,6 +261,14 @@ async fn run(s: Settings) -> Result<()> {
                 daemon_run(&env, n, 10, None).await.map(|(s, _)| s),
             );
         }
+        if s.wants("corrections") {
+            record(
+                CORRECTIONS_CASE,
+                daemon_run_with(&env, n, 10, None, 0.1)
+                    .await
+                    .map(|(s, _)| s),
+            );
+        }
         for p in &peers {
             if p.available.is_ok() && s.wants(p.name) {
                 for (case, per_message) in p.cases.into_iter().zip([1, 10]) {
@@ -344,7 +356,8 @@ async fn reset(env: &Env) -> Result<()> {
     env.client
         // rejected_readings is a view over these two since migration 0004.
         .batch_execute(
-            "TRUNCATE measurements, rejected_reading_runs, rejected_messages; CHECKPOINT",
+            "TRUNCATE measurements, measurement_revisions, rejected_reading_runs, rejected_messages;
+             CHECKPOINT",
         )
         .await?;
     Ok(())
@@ -517,6 +530,18 @@ impl Simulator {
     /// Publishes `readings` readings, `per_message` to a message, at `rate` readings/s (or as
     /// fast as the broker takes them).
     fn start(env: &Env, readings: u64, per_message: u64, rate: Option<f64>) -> Result<Simulator> {
+        Self::start_with(env, readings, per_message, rate, 0.0)
+    }
+
+    /// As [`Simulator::start`], a share of the messages sent as an estimate first and then
+    /// corrected (`--corrections`).
+    fn start_with(
+        env: &Env,
+        readings: u64,
+        per_message: u64,
+        rate: Option<f64>,
+        corrections: f64,
+    ) -> Result<Simulator> {
         let messages = readings / per_message;
         // Flat out: a rate far above what the broker takes, so every message is due at once
         // and the publisher runs as fast as the broker acknowledges. At a pace: that rate.
@@ -546,6 +571,8 @@ impl Simulator {
             &msg_rate.to_string(),
             "--count",
             &count.to_string(),
+            "--corrections",
+            &corrections.to_string(),
         ])
         .env("DATABASE_URL", &env.db_url)
         .env("MQTT_URL", env.broker.url())
@@ -894,9 +921,22 @@ async fn daemon_run(
     per_message: u64,
     pace: Option<f64>,
 ) -> Result<(Sample, Option<Latency>)> {
+    daemon_run_with(env, n, per_message, pace, 0.0).await
+}
+
+/// [`daemon_run`] with a share of the messages corrected: each sent first as an estimate,
+/// replaced later by the real values. Every reading is accepted (a correction too), so the
+/// table ends with `n` readings less the corrections, and a revision for each of those.
+async fn daemon_run_with(
+    env: &Env,
+    n: u64,
+    per_message: u64,
+    pace: Option<f64>,
+    corrections: f64,
+) -> Result<(Sample, Option<Latency>)> {
     reset(env).await?;
     let daemon = Daemon::start(env).await?;
-    let mut sim = Simulator::start(env, n, per_message, pace)?;
+    let mut sim = Simulator::start_with(env, n, per_message, pace, corrections)?;
     // At a pace, the simulator rounds up to whole seconds.
     let n = sim.readings;
     let daemon_pid = daemon.child.id();
@@ -924,9 +964,19 @@ async fn daemon_run(
     let published = sim.finish(Duration::from_secs(60)).await?;
     daemon.stop().await?;
     let (count, rejected) = stored(env).await?;
+    let revisions: i64 = env
+        .client
+        .query_one("SELECT count(*) FROM measurement_revisions", &[])
+        .await?
+        .get(0);
+    let corrected = metric_value(&metrics, "ingest_readings_corrected_total").unwrap_or(0.0);
     ensure!(
-        published == n && count as u64 == n && rejected == 0,
-        "published {published}, stored {count}, rejected {rejected}: expected {n} stored exactly once"
+        published == n
+            && (count + revisions) as u64 == n
+            && revisions as f64 == corrected
+            && (corrections > 0.0 || revisions == 0)
+            && rejected == 0,
+        "published {published}, stored {count}, revisions {revisions} ({corrected} corrected), rejected {rejected}: expected {n} stored exactly once"
     );
     let latency = pace.and_then(|r| {
         let (p50, batches) =
@@ -957,6 +1007,8 @@ async fn daemon_run(
 // Hostile flood (issue #11)
 
 const HOSTILE_CASE: &str = "enalysis-ingest, hostile flood";
+/// 10 readings a message, 10% of the messages sent as estimates and corrected (CONTRACT.md §4).
+const CORRECTIONS_CASE: &str = "enalysis-ingest, 10/msg, 10% corrected";
 /// Readings in one flood message: the gateway with a CT clamp fitted backwards of issue #11.
 const FLOOD_READINGS: u64 = 3240;
 /// A CONS meter of the inventory (`inventory_yaml`: every fourth meter, from 0).
@@ -1387,6 +1439,7 @@ async fn report(
         "broker ceiling, 10/msg",
         "enalysis-ingest, 1/msg",
         "enalysis-ingest, 10/msg",
+        CORRECTIONS_CASE,
         HOSTILE_CASE,
         "python bridge, 1/msg",
         "python bridge, 10/msg",
@@ -1399,7 +1452,7 @@ async fn report(
         };
         let rates: Vec<f64> = samples.iter().map(|s| s.readings_per_s).collect();
         let (mid, lo, hi) = median_spread(&rates);
-        let per_message = if case.ends_with("10/msg") { 10 } else { 1 };
+        let per_message = if case.contains("10/msg") { 10 } else { 1 };
         let ratio = match (
             case.contains("ceiling") || case == HOSTILE_CASE,
             ceiling(per_message),

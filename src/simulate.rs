@@ -180,8 +180,9 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     // The real values of estimates sent, due once `sent` reaches the first field.
     let mut pending: std::collections::VecDeque<(u64, String, Vec<u8>, u64)> = Default::default();
     let mut corrections_sent: u64 = 0;
-    // A correction follows its estimate after about two seconds of publishing.
-    let correction_lag = (args.rate * 2).max(1);
+    // A correction follows its estimate after about two seconds of publishing (at most 10,000
+    // messages later: flat out, two seconds' worth would hold most corrections to the end).
+    let correction_lag = (args.rate * 2).clamp(1, 10_000);
     let mut next_report = Instant::now() + Duration::from_secs(5);
     while sent < total {
         interval.tick().await;
