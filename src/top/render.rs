@@ -52,6 +52,7 @@ pub fn sections(v: &View) -> [Section; 6] {
                 counter_row("messages in", &v.messages_in),
                 counter_row("readings stored", &v.stored),
                 counter_row("readings duplicate", &v.duplicate),
+                counter_row("readings corrected", &v.corrected),
                 counter_row("readings rejected", &v.rejected),
                 counter_row("messages isolated", &v.isolated),
             ],

@@ -27,6 +27,8 @@ pub struct View {
     pub messages_in: Counter,
     pub stored: Counter,
     pub duplicate: Counter,
+    /// Readings that replaced a stored one (also in `stored`).
+    pub corrected: Counter,
     pub rejected: Counter,
     /// Reasons with any rejection since the daemon started, busiest first.
     pub rejections: Vec<(String, Counter)>,
@@ -83,6 +85,7 @@ impl View {
             messages_in: named(names::MESSAGES_RECEIVED),
             stored: named(names::READINGS_ACCEPTED),
             duplicate: named(names::READINGS_DUPLICATE),
+            corrected: named(names::READINGS_CORRECTED),
             rejected: named(names::READINGS_REJECTED),
             rejections,
             isolated: named(names::MESSAGES_ISOLATED),

@@ -1,9 +1,10 @@
 //! The writer: one batch, one transaction, binary COPY; then the acks, in arrival order.
 //!
-//! Fast path: COPY straight into `measurements`. The unique key makes a redelivered reading fail
-//! the COPY; then (and for the next few batches, since redeliveries come in runs) the batch goes
-//! through a temporary staging table and `INSERT … ON CONFLICT DO NOTHING`, which skips the
-//! duplicates and commits the rest. A row the database refuses for a reason of its own (a check
+//! Fast path: COPY straight into `measurements`. The unique key makes a reading for a key that
+//! holds one (a redelivery, a correction) fail the COPY; then (and for the next few batches,
+//! since those come in runs) the batch goes the conflict path (`rows::settle_isolating`): the
+//! stored versions of its keys are read and locked, each key's readings decided by the
+//! correction policy, and the outcome written in one statement. A row the database refuses for a reason of its own (a check
 //! constraint, a bad value) is isolated by bisection under savepoints and stored as a rejection,
 //! so it never poisons the batch. Every statement is bounded (`rows`, `rejections`): a batch
 //! goes in chunks, all in its one transaction.
@@ -39,7 +40,7 @@ use crate::db::{Db, DbError, pg_error_message};
 use crate::model::{Reason, Rejection};
 use crate::telemetry::names;
 
-/// After a batch met duplicates, this many following batches take the staging path directly.
+/// After a batch met a stored key, this many following batches take the conflict path directly.
 const STAGED_RUN: u32 = 8;
 
 /// Failures about the batch itself, in a row, before it is split (or a lone message isolated).
@@ -304,7 +305,7 @@ impl Writer {
             _ => Vec::new(),
         };
         if accepted.is_empty() {
-            // Only rejections: no staging needed. In an isolated message every accepted reading
+            // Only rejections: no conflict path needed. In an isolated message every accepted reading
             // is refused, whether stored as its own rejection or within the one-row record.
             let tx = client.transaction().await?;
             let rejected =
@@ -345,13 +346,13 @@ impl Writer {
                     });
                 }
                 Err(e) if rows::unique_violation(&e) => {
-                    // Redelivery: the transaction is aborted; redo it through staging.
+                    // A stored key: the transaction is aborted; redo it on the conflict path.
                     drop(tx);
                     self.staged_left = STAGED_RUN;
                 }
                 Err(e) if rows::row_level(&e) => {
                     drop(tx);
-                    // Isolation below works through staging too.
+                    // Isolation below works on the conflict path too.
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -359,10 +360,9 @@ impl Writer {
         self.staged_left = self.staged_left.saturating_sub(1);
 
         let mut tx = client.transaction().await?;
-        tx.batch_execute(rows::CREATE_STAGING).await?;
         let mut settled = rows::Settlement::default();
         for chunk in accepted.chunks(CHUNK_ROWS) {
-            rows::settle_isolating(&mut tx, &types, chunk, self.policy, &mut settled).await?;
+            rows::settle_isolating(&mut tx, chunk, self.policy, &mut settled).await?;
         }
         let rejected =
             rows::insert_rejections(&tx, &encode(&part, &settled.rejected, Form::Judged)).await?;

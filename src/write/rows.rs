@@ -18,7 +18,7 @@ use super::{Failure, WriteError};
 use crate::batch::Accepted;
 use crate::corrections::{self, Policy, Replaced, Version};
 use crate::db::pg_error_message;
-use crate::model::{EntityKind, Rejection};
+use crate::model::{EntityKind, Quality, Reading, Rejection};
 
 pub const COLUMNS: &str = "entity_type, entity_id, metric, ts, value, unit, quality, received_at";
 
@@ -45,104 +45,147 @@ pub async fn copy_chunked(
 ) -> Result<u64, tokio_postgres::Error> {
     let mut n = 0;
     for chunk in rows.chunks(CHUNK_ROWS) {
-        n += copy_rows(tx, Into::Measurements, types, chunk).await?;
+        n += copy_rows(tx, types, chunk).await?;
     }
     Ok(n)
 }
 
-/// Where a COPY goes: the table itself, or the staging table of the conflict path, where each
-/// row also carries its position in the chunk (`ord`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Into {
-    Measurements,
-    Staging,
-}
-
 async fn copy_rows(
     tx: &Transaction<'_>,
-    into: Into,
     types: &[Type],
     rows: &[&Accepted],
 ) -> Result<u64, tokio_postgres::Error> {
-    let statement = match into {
-        Into::Measurements => format!("COPY measurements ({COLUMNS}) FROM STDIN (FORMAT binary)"),
-        Into::Staging => {
-            format!("COPY measurements_staging ({COLUMNS}, ord) FROM STDIN (FORMAT binary)")
-        }
-    };
-    let mut types = types.to_vec();
-    if into == Into::Staging {
-        types.push(Type::INT4);
-    }
-    let sink = tx.copy_in(&statement).await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
-    for (i, a) in rows.iter().enumerate() {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY measurements ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+    for a in rows {
         let r = &a.reading;
-        // A chunk holds at most CHUNK_ROWS rows.
-        let ord = i32::try_from(i).unwrap_or(i32::MAX);
-        let values: [&(dyn ToSql + Sync); 9] = [
-            &r.entity_type,
-            &r.entity_id,
-            &r.metric,
-            &r.ts,
-            &r.value,
-            &r.unit,
-            &r.quality,
-            &a.received_at,
-            &ord,
-        ];
-        let n = if into == Into::Staging { 9 } else { 8 };
-        writer.as_mut().write(&values[..n]).await?;
+        writer
+            .as_mut()
+            .write(&[
+                &r.entity_type,
+                &r.entity_id,
+                &r.metric,
+                &r.ts,
+                &r.value,
+                &r.unit,
+                &r.quality,
+                &a.received_at,
+            ])
+            .await?;
     }
     writer.finish().await
 }
 
-/// The staging table of the conflict path: one chunk at a time, emptied at commit.
-pub const CREATE_STAGING: &str = "CREATE TEMP TABLE IF NOT EXISTS measurements_staging \
-     (LIKE measurements, ord int4 NOT NULL) ON COMMIT DELETE ROWS";
+/// The stored versions of a chunk's keys ($1–$4, one element per reading; `ord` its position),
+/// locked until commit, so a second daemon deciding the same key waits and then reads this
+/// one's result. Keys are visited in key order, so two such transactions lock in the same order
+/// and do not deadlock over them. The lookup is a LATERAL subquery with a row lock, which the
+/// planner cannot flatten into a join: one primary-key probe per key, whatever the statistics
+/// say (with a join, a partition not yet analysed made it hash the whole partition: 250 ms a
+/// chunk at 300,000 rows).
+const STORED: &str = "SELECT k.ord, m.value, m.unit, m.quality, m.received_at
+     FROM (SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[],
+                                $4::timestamptz[]) WITH ORDINALITY AS u(et, id, metric, ts, ord)
+           ORDER BY et, id, metric, ts) k
+     CROSS JOIN LATERAL (
+         SELECT value, unit, quality, received_at FROM measurements
+         WHERE entity_type = k.et AND entity_id = k.id AND metric = k.metric AND ts = k.ts
+         FOR UPDATE) m";
 
-/// The stored versions of a staged chunk's keys, locked until commit (so a second daemon
-/// deciding the same key waits and then sees this one's result), in key order (so two such
-/// transactions lock in the same order and cannot deadlock over them).
-const STORED: &str = "SELECT s.ord, m.value, m.quality
-     FROM measurements_staging s
-     JOIN measurements m USING (entity_type, entity_id, metric, ts)
-     ORDER BY m.entity_type, m.entity_id, m.metric, m.ts
-     FOR UPDATE OF m";
-
-/// Applies what the corrections decided for a staged chunk, by positions in the chunk: $1 the
-/// readings stored under new keys, $2 those replacing a stored reading, $3 (a position of the
-/// key) the stored versions replaced, $4 the versions of this chunk stored and replaced in it.
-/// One statement; all its parts see the same snapshot, so `rev` reads the rows as they were
-/// before `upd`.
+/// Writes what the corrections decided, as rows in arrays: $1–$8 readings stored under new keys,
+/// $9–$16 readings replacing a stored one, $17–$24 the versions replaced (to the revisions).
+/// One statement and no join: each row finds its key through the primary key's conflict check
+/// (the replacements are rows this transaction locked), so no plan can turn it into a scan.
 const APPLY: &str = "WITH ins AS (
          INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit, quality,
              received_at)
-         SELECT s.entity_type, s.entity_id, s.metric, s.ts, s.value, s.unit, s.quality,
-             s.received_at
-         FROM measurements_staging s JOIN unnest($1::int4[]) AS p(ord) ON p.ord = s.ord
+         SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[],
+             $4::timestamptz[], $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
          ON CONFLICT DO NOTHING RETURNING 1),
      upd AS (
-         UPDATE measurements m
-         SET value = s.value, unit = s.unit, quality = s.quality, received_at = s.received_at
-         FROM measurements_staging s JOIN unnest($2::int4[]) AS p(ord) ON p.ord = s.ord
-         WHERE m.entity_type = s.entity_type AND m.entity_id = s.entity_id
-           AND m.metric = s.metric AND m.ts = s.ts
+         INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit, quality,
+             received_at)
+         SELECT * FROM unnest($9::entity_type_enum[], $10::uuid[], $11::text[],
+             $12::timestamptz[], $13::float8[], $14::text[], $15::quality_enum[],
+             $16::timestamptz[])
+         ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
+         SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
+             received_at = excluded.received_at
          RETURNING 1),
      rev AS (
          INSERT INTO measurement_revisions (entity_type, entity_id, metric, ts, value, unit,
              quality, received_at)
-         SELECT m.entity_type, m.entity_id, m.metric, m.ts, m.value, m.unit, m.quality,
-             m.received_at
-         FROM measurements_staging s JOIN unnest($3::int4[]) AS p(ord) ON p.ord = s.ord
-         JOIN measurements m ON m.entity_type = s.entity_type AND m.entity_id = s.entity_id
-           AND m.metric = s.metric AND m.ts = s.ts
-         UNION ALL
-         SELECT s.entity_type, s.entity_id, s.metric, s.ts, s.value, s.unit, s.quality,
-             s.received_at
-         FROM measurements_staging s JOIN unnest($4::int4[]) AS p(ord) ON p.ord = s.ord
+         SELECT * FROM unnest($17::entity_type_enum[], $18::uuid[], $19::text[],
+             $20::timestamptz[], $21::float8[], $22::text[], $23::quality_enum[],
+             $24::timestamptz[])
          RETURNING 1)
      SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM rev)";
+
+/// One set of `measurements` rows as parameter arrays, a column each.
+#[derive(Default)]
+struct Columns<'a> {
+    entity_type: Vec<EntityKind>,
+    entity_id: Vec<Uuid>,
+    metric: Vec<&'a str>,
+    ts: Vec<DateTime<Utc>>,
+    value: Vec<f64>,
+    unit: Vec<&'a str>,
+    quality: Vec<Quality>,
+    received_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn push_reading(&mut self, a: &'a Accepted) {
+        let r = &a.reading;
+        self.push(r, r.value, r.unit, r.quality, a.received_at);
+    }
+
+    fn push(
+        &mut self,
+        key: &'a Reading,
+        value: f64,
+        unit: &'a str,
+        quality: Quality,
+        received_at: DateTime<Utc>,
+    ) {
+        self.entity_type.push(key.entity_type);
+        self.entity_id.push(key.entity_id);
+        self.metric.push(key.metric);
+        self.ts.push(key.ts);
+        self.value.push(value);
+        self.unit.push(unit);
+        self.quality.push(quality);
+        self.received_at.push(received_at);
+    }
+
+    fn len(&self) -> usize {
+        self.entity_id.len()
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.entity_type,
+            &self.entity_id,
+            &self.metric,
+            &self.ts,
+            &self.value,
+            &self.unit,
+            &self.quality,
+            &self.received_at,
+        ]
+    }
+}
+
+/// A stored version as the conflict path reads it.
+struct Stored {
+    version: Version,
+    unit: String,
+    received_at: DateTime<Utc>,
+}
 
 /// What the conflict path did with accepted readings.
 #[derive(Debug, Default)]
@@ -179,13 +222,13 @@ impl From<ChunkError> for WriteError {
     }
 }
 
-/// The conflict path for one chunk (at most [`CHUNK_ROWS`] rows): the readings are staged,
-/// each key's are decided by `policy` against what it holds ([`corrections::settle`]), and the
-/// outcome is written by one statement. A chunk the database refuses is split in halves under
+/// The conflict path for one chunk (at most [`CHUNK_ROWS`] rows): the stored versions of its
+/// keys are read and locked ([`STORED`]), each key's readings are decided by `policy` against
+/// what it holds ([`corrections::settle`]), and the outcome is written by one statement
+/// ([`APPLY`]): two round trips whatever the chunk's size. A chunk the database refuses is split in halves under
 /// savepoints until the refused rows stand alone (then rejected with the reason).
 pub async fn settle_isolating<'a>(
     tx: &mut Transaction<'_>,
-    types: &[Type],
     rows: &[&'a Accepted],
     policy: Policy,
     out: &mut Settlement<'a>,
@@ -195,7 +238,7 @@ pub async fn settle_isolating<'a>(
     }
     let sp = tx.savepoint("chunk").await?;
     let mut settled = Settlement::default();
-    match settle_chunk(&sp, types, rows, policy, &mut settled).await {
+    match settle_chunk(&sp, rows, policy, &mut settled).await {
         Ok(()) => {
             sp.commit().await?;
             out.inserted += settled.inserted;
@@ -212,8 +255,8 @@ pub async fn settle_isolating<'a>(
                 return Ok(());
             }
             let (left, right) = rows.split_at(rows.len() / 2);
-            Box::pin(settle_isolating(tx, types, left, policy, out)).await?;
-            Box::pin(settle_isolating(tx, types, right, policy, out)).await
+            Box::pin(settle_isolating(tx, left, policy, out)).await?;
+            Box::pin(settle_isolating(tx, right, policy, out)).await
         }
         Err(e) => Err(e.into()),
     }
@@ -221,21 +264,34 @@ pub async fn settle_isolating<'a>(
 
 async fn settle_chunk<'a>(
     tx: &Transaction<'_>,
-    types: &[Type],
     rows: &[&'a Accepted],
     policy: Policy,
     out: &mut Settlement<'a>,
 ) -> Result<(), ChunkError> {
-    tx.batch_execute("TRUNCATE measurements_staging").await?;
-    copy_rows(tx, Into::Staging, types, rows).await?;
-    let mut held: HashMap<usize, Version> = HashMap::new();
-    for row in tx.query(STORED, &[]).await? {
-        let ord: i32 = row.try_get(0)?;
-        let version = Version {
-            value: row.try_get(1)?,
-            quality: row.try_get(2)?,
+    let keys = (
+        rows.iter()
+            .map(|a| a.reading.entity_type)
+            .collect::<Vec<_>>(),
+        rows.iter().map(|a| a.reading.entity_id).collect::<Vec<_>>(),
+        rows.iter().map(|a| a.reading.metric).collect::<Vec<_>>(),
+        rows.iter().map(|a| a.reading.ts).collect::<Vec<_>>(),
+    );
+    let mut held: HashMap<usize, Stored> = HashMap::new();
+    for row in tx
+        .query(STORED, &[&keys.0, &keys.1, &keys.2, &keys.3])
+        .await?
+    {
+        // WITH ORDINALITY counts from 1.
+        let ord: i64 = row.try_get(0)?;
+        let stored = Stored {
+            version: Version {
+                value: row.try_get(1)?,
+                quality: row.try_get(3)?,
+            },
+            unit: row.try_get(2)?,
+            received_at: row.try_get(4)?,
         };
-        held.insert(usize::try_from(ord).unwrap_or(usize::MAX), version);
+        held.insert(usize::try_from(ord - 1).unwrap_or(usize::MAX), stored);
     }
     // Each key's positions, in arrival order; keys in order of first arrival.
     let mut keys: Vec<Vec<usize>> = Vec::new();
@@ -251,11 +307,10 @@ async fn settle_chunk<'a>(
             }
         }
     }
-    let (mut new, mut replacing, mut replaced_stored, mut replaced_new) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let ord = |i: usize| i32::try_from(i).unwrap_or(i32::MAX);
+    let (mut new, mut replacing, mut replaced) =
+        (Columns::default(), Columns::default(), Columns::default());
     for positions in &keys {
-        let stored = positions.iter().find_map(|i| held.get(i).copied());
+        let stored = positions.iter().find_map(|i| held.get(i));
         let versions = positions.iter().map(|&i| {
             let r = &rows[i].reading;
             (
@@ -266,16 +321,27 @@ async fn settle_chunk<'a>(
                 },
             )
         });
-        let s = corrections::settle(policy, stored, versions);
+        let s = corrections::settle(policy, stored.map(|s| s.version), versions);
         match (s.last, stored) {
-            (Some(last), None) => new.push(ord(last)),
-            (Some(last), Some(_)) => replacing.push(ord(last)),
+            (Some(last), None) => new.push_reading(rows[last]),
+            (Some(last), Some(_)) => replacing.push_reading(rows[last]),
             (None, _) => {}
         }
         for r in &s.replaced {
-            match r {
-                Replaced::Stored => replaced_stored.push(ord(positions[0])),
-                Replaced::New(i) => replaced_new.push(ord(*i)),
+            match (r, stored) {
+                (Replaced::Stored, Some(st)) => {
+                    let key = &rows[positions[0]].reading;
+                    replaced.push(
+                        key,
+                        st.version.value,
+                        &st.unit,
+                        st.version.quality,
+                        st.received_at,
+                    );
+                }
+                (Replaced::New(i), _) => replaced.push_reading(rows[*i]),
+                // `settle` names the stored version only when there is one.
+                (Replaced::Stored, None) => {}
             }
         }
         out.corrected += s.replaced.len() as u64;
@@ -286,9 +352,11 @@ async fn settle_chunk<'a>(
                 .push((a, rejections::superseded(a, against, policy)));
         }
     }
-    let row = tx
-        .query_one(APPLY, &[&new, &replacing, &replaced_stored, &replaced_new])
-        .await?;
+    let params: Vec<&(dyn ToSql + Sync)> = [new.params(), replacing.params(), replaced.params()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let row = tx.query_one(APPLY, &params).await?;
     let inserted: i64 = row.try_get(0)?;
     let inserted = usize::try_from(inserted).unwrap_or(0);
     if inserted < new.len() {

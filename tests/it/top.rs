@@ -43,6 +43,7 @@ async fn once_prints_what_a_running_daemon_has_done() {
             format!("0.0/s  total {}", Traffic::ACCEPTED),
         ),
         ("readings duplicate", "0.0/s  total 0".to_string()),
+        ("readings corrected", "0.0/s  total 0".to_string()),
         (
             "readings rejected",
             format!("0.0/s  total {}", Traffic::REJECTED.len()),
