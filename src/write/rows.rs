@@ -4,7 +4,7 @@
 
 use std::pin::pin;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -13,8 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
+use super::WriteError;
 use super::rejections::{self, CHUNK_ROWS, MessageRow, Rows, RunRow, chunks};
-use super::{Failure, WriteError};
 use crate::batch::Accepted;
 use crate::corrections::{self, Policy, Replaced, Version};
 use crate::db::pg_error_message;
@@ -80,38 +80,42 @@ async fn copy_rows(
     writer.finish().await
 }
 
-/// The stored versions of a chunk's keys ($1–$4, one element per reading; `ord` its position),
-/// locked until commit, so a second daemon deciding the same key waits and then reads this
-/// one's result. Keys are visited in key order, so two such transactions lock in the same order
-/// and do not deadlock over them. The lookup is a LATERAL subquery with a row lock, which the
-/// planner cannot flatten into a join: one primary-key probe per key, whatever the statistics
-/// say (with a join, a partition not yet analysed made it hash the whole partition: 250 ms a
-/// chunk at 300,000 rows).
-const STORED: &str = "SELECT k.ord, m.value, m.unit, m.quality, m.received_at
-     FROM (SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[],
-                                $4::timestamptz[]) WITH ORDINALITY AS u(et, id, metric, ts, ord)
-           ORDER BY et, id, metric, ts) k
-     CROSS JOIN LATERAL (
-         SELECT value, unit, quality, received_at FROM measurements
-         WHERE entity_type = k.et AND entity_id = k.id AND metric = k.metric AND ts = k.ts
-         FOR UPDATE) m";
+// The conflict path's statements take rows as parameter arrays (one per column) and reach
+// each key through the primary key's conflict check, which routes the row to its partition.
+// Looking keys up by a join or a LATERAL probe instead goes through the partitioned parent:
+// with the ~17 partitions of the default retention that cost 27 µs a key (90 µs with a row
+// lock) against ~9 µs routed, and a join could become a hash of a whole partition when its
+// statistics lagged (250 ms a chunk at 300,000 rows). Measured on this machine, BENCHMARKS.md.
 
-/// Writes what the corrections decided, as rows in arrays: $1–$8 readings stored under new keys,
-/// $9–$16 readings replacing a stored one, $17–$24 the versions replaced (to the revisions).
-/// One statement and no join: each row finds its key through the primary key's conflict check
-/// (the replacements are rows this transaction locked), so no plan can turn it into a scan.
-const APPLY: &str = "WITH ins AS (
+/// Stores the first reading of each key of a chunk where the key holds none; returns the keys
+/// it stored. A key another transaction is inserting waits for it, then counts as held.
+const FIRST: &str = "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit,
+         quality, received_at)
+     SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[], $4::timestamptz[],
+         $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
+     ON CONFLICT DO NOTHING
+     RETURNING entity_type, entity_id, metric, ts";
+
+/// The versions the keys the first statement did not store hold, locked until commit: a
+/// no-op update (the only way to lock and read a row through the conflict check) returns the
+/// stored row. Rows go in key order, so two daemons lock in the same order and do not deadlock.
+/// A second daemon deciding the same key waits here and then reads the first one's result.
+const HELD: &str = "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit,
+         quality, received_at)
+     SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[], $4::timestamptz[],
+         $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
+     ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
+     SET received_at = measurements.received_at
+     RETURNING entity_type, entity_id, metric, ts, value, unit, quality, received_at";
+
+/// Writes what the corrections decided: $1–$8 the readings a key holds now in place of another
+/// (rows this transaction holds locked, or stored by [`FIRST`]), $9–$16 the versions they
+/// replaced (to the revisions). One statement.
+const APPLY: &str = "WITH upd AS (
          INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit, quality,
              received_at)
          SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[],
              $4::timestamptz[], $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
-         ON CONFLICT DO NOTHING RETURNING 1),
-     upd AS (
-         INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit, quality,
-             received_at)
-         SELECT * FROM unnest($9::entity_type_enum[], $10::uuid[], $11::text[],
-             $12::timestamptz[], $13::float8[], $14::text[], $15::quality_enum[],
-             $16::timestamptz[])
          ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
          SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
              received_at = excluded.received_at
@@ -119,11 +123,11 @@ const APPLY: &str = "WITH ins AS (
      rev AS (
          INSERT INTO measurement_revisions (entity_type, entity_id, metric, ts, value, unit,
              quality, received_at)
-         SELECT * FROM unnest($17::entity_type_enum[], $18::uuid[], $19::text[],
-             $20::timestamptz[], $21::float8[], $22::text[], $23::quality_enum[],
-             $24::timestamptz[])
+         SELECT * FROM unnest($9::entity_type_enum[], $10::uuid[], $11::text[],
+             $12::timestamptz[], $13::float8[], $14::text[], $15::quality_enum[],
+             $16::timestamptz[])
          RETURNING 1)
-     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), (SELECT count(*) FROM rev)";
+     SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rev)";
 
 /// One set of `measurements` rows as parameter arrays, a column each.
 #[derive(Default)]
@@ -203,29 +207,29 @@ pub struct Settlement<'a> {
 enum ChunkError {
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
-    #[error(
-        "another writer stored {0} of this chunk's new keys between our look and our insert; deciding them again"
-    )]
-    Raced(usize),
+    /// A key the chunk sent did not come back as stored or held: deciding it would drop its
+    /// readings unseen, so the batch is refused instead (and, repeated, isolated).
+    #[error("{0} keys came back from the database unlike they were sent")]
+    Unmatched(usize),
 }
 
 impl From<ChunkError> for WriteError {
     fn from(e: ChunkError) -> Self {
         match e {
             ChunkError::Pg(e) => e.into(),
-            // Retried as a whole: the retry finds those keys stored and decides against them.
-            raced @ ChunkError::Raced(_) => WriteError::Db {
-                msg: raced.to_string(),
-                failure: Failure::Unavailable,
+            unmatched @ ChunkError::Unmatched(_) => WriteError::Db {
+                msg: unmatched.to_string(),
+                failure: super::Failure::Refused,
             },
         }
     }
 }
 
-/// The conflict path for one chunk (at most [`CHUNK_ROWS`] rows): the stored versions of its
-/// keys are read and locked ([`STORED`]), each key's readings are decided by `policy` against
-/// what it holds ([`corrections::settle`]), and the outcome is written by one statement
-/// ([`APPLY`]): two round trips whatever the chunk's size. A chunk the database refuses is split in halves under
+/// The conflict path for one chunk (at most [`CHUNK_ROWS`] rows): each key's first reading is
+/// stored where the key holds none ([`FIRST`]), the versions of the others are read and locked
+/// ([`HELD`]), each key's readings are decided by `policy` against what it holds
+/// ([`corrections::settle`]), and what that changes is written by one statement ([`APPLY`]):
+/// one to three round trips whatever the chunk's size, none per row. A chunk the database refuses is split in halves under
 /// savepoints until the refused rows stand alone (then rejected with the reason).
 pub async fn settle_isolating<'a>(
     tx: &mut Transaction<'_>,
@@ -268,49 +272,55 @@ async fn settle_chunk<'a>(
     policy: Policy,
     out: &mut Settlement<'a>,
 ) -> Result<(), ChunkError> {
-    let keys = (
-        rows.iter()
-            .map(|a| a.reading.entity_type)
-            .collect::<Vec<_>>(),
-        rows.iter().map(|a| a.reading.entity_id).collect::<Vec<_>>(),
-        rows.iter().map(|a| a.reading.metric).collect::<Vec<_>>(),
-        rows.iter().map(|a| a.reading.ts).collect::<Vec<_>>(),
-    );
-    let mut held: HashMap<usize, Stored> = HashMap::new();
-    for row in tx
-        .query(STORED, &[&keys.0, &keys.1, &keys.2, &keys.3])
-        .await?
-    {
-        // WITH ORDINALITY counts from 1.
-        let ord: i64 = row.try_get(0)?;
-        let stored = Stored {
-            version: Version {
-                value: row.try_get(1)?,
-                quality: row.try_get(3)?,
-            },
-            unit: row.try_get(2)?,
-            received_at: row.try_get(4)?,
-        };
-        held.insert(usize::try_from(ord - 1).unwrap_or(usize::MAX), stored);
-    }
-    // Each key's positions, in arrival order; keys in order of first arrival.
-    let mut keys: Vec<Vec<usize>> = Vec::new();
-    let mut index: HashMap<Key<'_>, usize> = HashMap::with_capacity(rows.len());
+    // Each key's positions, in arrival order; keys in key order (the order of the locks).
+    let mut keys: BTreeMap<Key, Vec<usize>> = BTreeMap::new();
     for (i, a) in rows.iter().enumerate() {
         let r = &a.reading;
-        let k = (r.entity_type, r.entity_id, r.metric, r.ts);
-        match index.get(&k) {
-            Some(&g) => keys[g].push(i),
-            None => {
-                index.insert(k, keys.len());
-                keys.push(vec![i]);
-            }
+        keys.entry((r.entity_type, r.entity_id, r.metric, r.ts))
+            .or_default()
+            .push(i);
+    }
+    let mut firsts = Columns::default();
+    for positions in keys.values() {
+        firsts.push_reading(rows[positions[0]]);
+    }
+    let mut stored_first: HashSet<Key> = HashSet::new();
+    for row in tx.query(FIRST, &firsts.params()).await? {
+        if let Some(k) = returned_key(&row)? {
+            stored_first.insert(k);
         }
     }
-    let (mut new, mut replacing, mut replaced) =
-        (Columns::default(), Columns::default(), Columns::default());
-    for positions in &keys {
-        let stored = positions.iter().find_map(|i| held.get(i));
+    let mut held_rows = Columns::default();
+    for (k, positions) in &keys {
+        if !stored_first.contains(k) {
+            held_rows.push_reading(rows[positions[0]]);
+        }
+    }
+    let mut held: HashMap<Key, Stored> = HashMap::new();
+    if held_rows.len() > 0 {
+        for row in tx.query(HELD, &held_rows.params()).await? {
+            let Some(k) = returned_key(&row)? else {
+                continue;
+            };
+            let stored = Stored {
+                version: Version {
+                    value: row.try_get(4)?,
+                    quality: row.try_get(6)?,
+                },
+                unit: row.try_get(5)?,
+                received_at: row.try_get(7)?,
+            };
+            held.insert(k, stored);
+        }
+    }
+    let unmatched = keys.len() - stored_first.len() - held.len();
+    if unmatched > 0 {
+        return Err(ChunkError::Unmatched(unmatched));
+    }
+    out.inserted += stored_first.len() as u64;
+    let (mut replacing, mut replaced) = (Columns::default(), Columns::default());
+    for (k, positions) in &keys {
+        let stored = held.get(k);
         let versions = positions.iter().map(|&i| {
             let r = &rows[i].reading;
             (
@@ -322,10 +332,12 @@ async fn settle_chunk<'a>(
             )
         });
         let s = corrections::settle(policy, stored.map(|s| s.version), versions);
-        match (s.last, stored) {
-            (Some(last), None) => new.push_reading(rows[last]),
-            (Some(last), Some(_)) => replacing.push_reading(rows[last]),
-            (None, _) => {}
+        // A new key's first reading is already stored; anything else the key ends with
+        // replaces what it holds.
+        if let Some(last) = s.last
+            && (stored.is_some() || last != positions[0])
+        {
+            replacing.push_reading(rows[last]);
         }
         for r in &s.replaced {
             match (r, stored) {
@@ -352,21 +364,32 @@ async fn settle_chunk<'a>(
                 .push((a, rejections::superseded(a, against, policy)));
         }
     }
-    let params: Vec<&(dyn ToSql + Sync)> = [new.params(), replacing.params(), replaced.params()]
-        .into_iter()
-        .flatten()
-        .collect();
-    let row = tx.query_one(APPLY, &params).await?;
-    let inserted: i64 = row.try_get(0)?;
-    let inserted = usize::try_from(inserted).unwrap_or(0);
-    if inserted < new.len() {
-        return Err(ChunkError::Raced(new.len() - inserted));
+    if replacing.len() > 0 || replaced.len() > 0 {
+        let params: Vec<&(dyn ToSql + Sync)> = [replacing.params(), replaced.params()]
+            .into_iter()
+            .flatten()
+            .collect();
+        tx.query_one(APPLY, &params).await?;
     }
-    out.inserted += inserted as u64;
     Ok(())
 }
 
-type Key<'r> = (EntityKind, Uuid, &'r str, DateTime<Utc>);
+/// A key of `measurements`; metric names are the catalogue's.
+type Key = (EntityKind, Uuid, &'static str, DateTime<Utc>);
+
+/// The key of a row the conflict path's statements return.
+fn returned_key(row: &tokio_postgres::Row) -> Result<Option<Key>, tokio_postgres::Error> {
+    let metric: &str = row.try_get(2)?;
+    let Some(m) = crate::catalogue::lookup(metric) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        m.name,
+        row.try_get(3)?,
+    )))
+}
 
 /// Inserts the rejection rows, message rows first (the runs refer to them), each table in
 /// bounded chunks. Idempotent: a redelivered message maps onto the rows already stored.

@@ -111,6 +111,7 @@ async fn outcome_table_under(policy: &str, p: usize) {
     let _daemon = Daemon::start(&env).await;
     let publisher = Publisher::connect(&s.broker.url()).await;
     let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    // Nanoseconds on purpose: a key is the instant as stored (microseconds).
     let base = Utc::now() - Duration::hours(1);
     let across = |i: usize| base + Duration::seconds(i as i64);
     let within = |i: usize| base + Duration::seconds(100 + i as i64);

@@ -12,7 +12,7 @@
 //! Before them come the message-level checks, each of which rejects the whole message once
 //! (`seq` 0): size, topic, the topic's entity, and the JSON itself.
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, SubsecRound, Utc};
 
 use crate::catalogue::{self, Metric};
 use crate::decode::{self, Element, Json, Metrics, Num, Object, Quoted, Target};
@@ -399,7 +399,9 @@ fn parse_ts(ts: Option<&Json<'_>>) -> Result<DateTime<Utc>, String> {
             if utc.timestamp_subsec_nanos() >= 1_000_000_000 {
                 return Err(format!("ts {raw} is a leap second, which is not accepted"));
             }
-            return Ok(utc);
+            // PostgreSQL keeps microseconds: the reading's key is the instant as stored, so two
+            // readings that differ below a microsecond are one key here as there.
+            return Ok(utc.trunc_subsecs(6));
         }
         Json::Int(ms) => Some(*ms),
         Json::Uint(ms) => i64::try_from(*ms).ok(),
@@ -1354,6 +1356,18 @@ mod tests {
             .filter(|r| *r != Reason::Superseded)
             .collect();
         assert_eq!(seen, validation);
+    }
+
+    /// The key of a reading is the instant as PostgreSQL stores it: microseconds.
+    #[test]
+    fn timestamps_are_kept_to_the_microsecond() {
+        let at = |frac: &str| {
+            let payload =
+                format!(r#"{{"ts":"2026-11-24T11:00:00.{frac}Z","metric":"power","value":1}}"#);
+            judged(CONS, &payload, &Limits::default()).accepted[0].ts
+        };
+        assert_eq!(at("123456789"), at("123456"));
+        assert_ne!(at("123457"), at("123456"));
     }
 
     #[test]
