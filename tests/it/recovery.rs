@@ -1,0 +1,355 @@
+//! Recovery (issue #17): no reconnect to the broker while intake is paused (overload, a
+//! database outage), and a PostgreSQL failover followed without a restart, nothing lost.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde_json::json;
+
+use crate::common::{self, PgPair, Replication};
+use crate::support::{self, Daemon, Publisher, daemon_env, set_env, wait_count, with_http_port};
+
+/// The tests' keep-alive (`support::daemon_env`), the smallest the daemon accepts.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Most messages one read from the broker brings (rumqttc's read batch, `MQTT_READ_BATCH` in
+/// src/config.rs): the bound on what waits beyond the queue.
+const READ_BATCH: f64 = 10.0;
+
+/// Reading `i` of a test: value `i`, at a timestamp of its own (the same `i`, the same reading).
+fn reading(i: i64) -> serde_json::Value {
+    static BASE: OnceLock<DateTime<Utc>> = OnceLock::new();
+    let base = *BASE.get_or_init(|| Utc::now() - ChronoDuration::hours(1));
+    let ts = base + ChronoDuration::milliseconds(i);
+    json!({"ts": ts.to_rfc3339(), "metric": "power", "value": i as f64})
+}
+
+/// Message `m` of ten readings, `10m..10m + 10`.
+fn ten_readings(m: i64) -> String {
+    json!((10 * m..10 * m + 10).map(reading).collect::<Vec<_>>()).to_string()
+}
+
+/// Exactly `total` readings stored, the values 0..total: nothing lost, nothing else stored.
+async fn assert_exactly_once(client: &tokio_postgres::Client, total: i64) {
+    wait_count(client, "SELECT count(*) FROM measurements", total).await;
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT value), min(value), max(value) FROM measurements",
+            &[],
+        )
+        .await
+        .expect("values");
+    assert_eq!(row.get::<_, i64>(0), total);
+    assert_eq!(row.get::<_, f64>(1), 0.0);
+    assert_eq!(row.get::<_, f64>(2), (total - 1) as f64);
+}
+
+/// The value of an unlabelled metric on the daemon's `/metrics`.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = support::http_get(port, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Samples `ingest_mqtt_connected` every 100 ms until stopped; returns whether it was ever
+/// anything but 1 (0, or missing once it had been seen).
+fn watch_connected(port: u16) -> (tokio::task::JoinHandle<bool>, std::sync::Arc<AtomicBool>) {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let done = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut dropped = false;
+        while !done.load(Ordering::SeqCst) {
+            if metric(port, "ingest_mqtt_connected").await != Some(1.0) {
+                dropped = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        dropped
+    });
+    (task, stop)
+}
+
+/// No reconnect, by every account: the connection gauge never left 1, the reconnect counter
+/// never moved, the log shows one connection and no loss of it.
+async fn assert_no_reconnect(
+    daemon: &Daemon,
+    port: u16,
+    watch: (tokio::task::JoinHandle<bool>, std::sync::Arc<AtomicBool>),
+) {
+    watch.1.store(true, Ordering::SeqCst);
+    let dropped = watch.0.await.expect("the watcher");
+    let log = daemon.log_text();
+    let connects = log
+        .lines()
+        .filter(|l| l.contains("connected to the MQTT broker"))
+        .count();
+    assert!(
+        !dropped && connects == 1 && !log.contains("lost the MQTT connection"),
+        "the daemon lost its broker connection (gauge dropped: {dropped}, connects: {connects}):\n{log}"
+    );
+    assert_eq!(
+        metric(port, "ingest_mqtt_reconnects_total")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+/// What waited beyond the queue never exceeded one read from the broker.
+async fn assert_overflow_bounded(port: u16) {
+    let peak = metric(port, "ingest_mqtt_overflow_peak_messages")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        peak <= READ_BATCH,
+        "{peak} messages waited beyond the queue; the bound is one read, {READ_BATCH}"
+    );
+}
+
+/// A publisher far faster than the database (every statement into `measurements` made 100 ms
+/// slower by a trigger, batches of 100 rows: ~1,000 readings/s at most) for 25,000 readings of
+/// ten per message, so the daemon is paused by a full queue for 25 s, five keep-alive
+/// periods. Before the fix the PINGRESP waited behind the backlog the broker had sent first
+/// and the daemon reconnected every two periods ("Last pingreq isn't acked").
+#[tokio::test]
+async fn a_publisher_faster_than_the_database_for_several_keep_alive_periods_causes_no_reconnect() {
+    let s = support::setup().await;
+    s.client
+        .batch_execute(
+            "CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$;
+             CREATE TRIGGER slow BEFORE INSERT ON measurements
+               FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();",
+        )
+        .await
+        .expect("slow the database down");
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    set_env(&mut env, "ENALYSIS_INGEST__QUEUE_MESSAGES", "100");
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "100");
+    let port = with_http_port(&mut env);
+    let daemon = Daemon::start(&env).await;
+    let watch = watch_connected(port);
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let p = Publisher::connect(&s.broker.url()).await;
+    let messages: i64 = 2_500;
+    for m in 0..messages {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    p.wait_acked(messages as usize).await;
+    assert_exactly_once(&s.client, 10 * messages).await;
+    assert_no_reconnect(&daemon, port, watch).await;
+    assert_overflow_bounded(port).await;
+}
+
+/// The database stopped for three keep-alive periods (the broker drops a client silent for
+/// 1.5) while a backlog far larger than the queue waits: intake pauses, the session stays up.
+/// Before the fix the MQTT task stopped polling, sent no PINGREQ, and the broker dropped it.
+#[tokio::test]
+async fn a_database_outage_longer_than_the_keep_alive_with_a_backlog_causes_no_reconnect() {
+    let mut pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    let client = support::connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
+        .await
+        .expect("migrate");
+    let ids = support::insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    let mut env = daemon_env(&db.url, &broker.url());
+    set_env(&mut env, "ENALYSIS_INGEST__QUEUE_MESSAGES", "100");
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
+    let port = with_http_port(&mut env);
+    let daemon = Daemon::start(&env).await;
+    let watch = watch_connected(port);
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let p = Publisher::connect(&broker.url()).await;
+    for m in 0..50 {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    wait_count(&client, "SELECT count(*) FROM measurements", 500).await;
+    drop(client);
+    pg.stop();
+    let messages: i64 = 1_000;
+    for m in 50..messages {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    p.wait_acked(messages as usize).await;
+    daemon.wait_for_log("batch not written; retrying", 1).await;
+    // Down for three keep-alive periods: the daemon must keep its session all along.
+    let down = tokio::time::Instant::now();
+    common::wait_until(
+        2 * 3 * KEEP_ALIVE,
+        "three keep-alive periods of outage",
+        || async move { down.elapsed() >= 3 * KEEP_ALIVE },
+    )
+    .await;
+    assert!(
+        support::http_get(port, "/readyz")
+            .await
+            .starts_with("HTTP/1.0 503")
+    );
+    pg.start();
+    let client = support::connect(&db.url).await;
+    assert_exactly_once(&client, 10 * messages).await;
+    assert_no_reconnect(&daemon, port, watch).await;
+    assert_overflow_bounded(port).await;
+}
+
+/// A primary and its synchronous standby, the daemon given both (`target_session_attrs =
+/// read-write`), the primary crashed (`kill -9` of all its processes) mid-stream and the
+/// standby promoted: every reading is stored exactly once on the new primary, none is taken
+/// for a row error, and the daemon follows without a restart (nor a broker reconnect).
+#[tokio::test]
+async fn the_primary_killed_mid_stream_and_the_standby_promoted_loses_nothing() {
+    let mut pair = PgPair::start(Replication::Synchronous).await;
+    let db = common::fresh_db(&pair.primary).await;
+    let primary = support::connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
+        .await
+        .expect("migrate");
+    let ids = support::insert_hierarchy(&primary).await;
+    let broker = common::Broker::start();
+    let mut env = daemon_env(&pair.url(&db.name), &broker.url());
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
+    set_env(&mut env, "ENALYSIS_DATABASE__CONNECT_TIMEOUT_MS", "1000");
+    let port = with_http_port(&mut env);
+    let mut daemon = Daemon::start(&env).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let p = Publisher::connect(&broker.url()).await;
+    // A steady stream, ~2,000 readings/s, for the length of the failover.
+    let total_messages: i64 = 600;
+    let stream = {
+        let (client, topic) = (p.client.clone(), topic.clone());
+        tokio::spawn(async move {
+            for m in 0..total_messages {
+                client
+                    .publish(
+                        topic.as_str(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        ten_readings(m),
+                    )
+                    .await
+                    .expect("queue publish");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Mid-stream: some readings committed on the primary, more on their way.
+    common::wait_until(
+        Duration::from_secs(30),
+        "readings committed on the primary",
+        || {
+            let primary = &primary;
+            async move {
+                primary
+                    .query_one("SELECT count(*) FROM measurements", &[])
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) >= 500)
+            }
+        },
+    )
+    .await;
+    drop(primary);
+    pair.primary.kill9();
+    pair.standby.promote();
+    stream.await.expect("the publisher");
+    p.wait_acked(total_messages as usize).await;
+    let new_primary = support::connect(&pair.standby.url(&db.name)).await;
+    assert_exactly_once(&new_primary, 10 * total_messages).await;
+    let rejected: i64 = new_primary
+        .query_one("SELECT count(*) FROM rejected_readings", &[])
+        .await
+        .expect("rejections")
+        .get(0);
+    assert_eq!(rejected, 0, "a reading was stored as a rejection");
+    assert!(
+        daemon.is_running(),
+        "the daemon exited:\n{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("keeps refusing") && !log.contains("keeps failing"),
+        "the failover was taken for the rows' fault:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("connected to the MQTT broker"))
+            .count(),
+        1,
+        "{log}"
+    );
+    common::wait_until(
+        Duration::from_secs(20),
+        "/readyz to be 200",
+        || async move {
+            support::http_get(port, "/readyz")
+                .await
+                .starts_with("HTTP/1.0 200")
+        },
+    )
+    .await;
+}
+
+/// A daemon whose `DATABASE_URL` names only a standby (`target_session_attrs=read-write`)
+/// waits: `/readyz` is 503 and names the reason, nothing is acknowledged — what the broker
+/// holds for its session is stored, exactly once, by a daemon given the primary.
+#[tokio::test]
+async fn a_daemon_pointed_only_at_a_standby_waits_and_acks_nothing() {
+    let pair = PgPair::start(Replication::Synchronous).await;
+    let db = common::fresh_db(&pair.primary).await;
+    let primary = support::connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
+        .await
+        .expect("migrate");
+    let ids = support::insert_hierarchy(&primary).await;
+    let broker = common::Broker::start();
+    let on_primary = daemon_env(&pair.url(&db.name), &broker.url());
+    // The daemon's session at the broker exists: it ran once against the primary.
+    let mut first = Daemon::start(&on_primary).await;
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(30).await, Some(0));
+    let standby_url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?target_session_attrs=read-write",
+        pair.standby.port(),
+        db.name
+    );
+    let mut on_standby = on_primary.clone();
+    set_env(&mut on_standby, "DATABASE_URL", standby_url);
+    let port = with_http_port(&mut on_standby);
+    let waiting = Daemon::spawn(&on_standby);
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let p = Publisher::connect(&broker.url()).await;
+    let messages: i64 = 100;
+    for m in 0..messages {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    p.wait_acked(messages as usize).await;
+    common::wait_until(
+        Duration::from_secs(20),
+        "/readyz to be 503 naming the read-only server",
+        || async move {
+            let r = support::http_get(port, "/readyz").await;
+            r.starts_with("HTTP/1.0 503") && r.contains("no server accepts writes")
+        },
+    )
+    .await;
+    waiting
+        .wait_for_log(
+            "no server accepts writes (target_session_attrs=read-write)",
+            1,
+        )
+        .await;
+    let stored: i64 = primary
+        .query_one("SELECT count(*) FROM measurements", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 0);
+    drop(waiting);
+    // Nothing was acknowledged: the broker still holds every message for the session.
+    let _daemon = Daemon::start(&on_primary).await;
+    assert_exactly_once(&primary, 10 * messages).await;
+}
