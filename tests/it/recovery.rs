@@ -28,7 +28,12 @@ fn reading(i: i64) -> serde_json::Value {
 
 /// Message `m` of ten readings, `10m..10m + 10`.
 fn ten_readings(m: i64) -> String {
-    json!((10 * m..10 * m + 10).map(reading).collect::<Vec<_>>()).to_string()
+    readings(m, 10)
+}
+
+/// Message `m` of `per` readings, `per * m..per * (m + 1)`.
+fn readings(m: i64, per: i64) -> String {
+    json!((per * m..per * (m + 1)).map(reading).collect::<Vec<_>>()).to_string()
 }
 
 /// Exactly `total` readings stored, the values 0..total: nothing lost, nothing else stored.
@@ -144,8 +149,11 @@ async fn a_publisher_faster_than_the_database_for_several_keep_alive_periods_cau
 }
 
 /// The database stopped for three keep-alive periods (the broker drops a client silent for
-/// 1.5) while a backlog far larger than the queue waits: intake pauses, the session stays up.
-/// Before the fix the MQTT task stopped polling, sent no PINGREQ, and the broker dropped it.
+/// 1.5) while a backlog far larger than the daemon may hold waits: intake pauses on a spent
+/// byte budget, the session stays up. Before the fix the MQTT task stopped polling while the
+/// budget was spent, sent no PINGREQ, and the broker dropped it. (While the queue alone is
+/// full the broker's flow control kept the old loop polling: mosquitto holds to the Receive
+/// Maximum, the queue's size, while no acks flow.)
 #[tokio::test]
 async fn a_database_outage_longer_than_the_keep_alive_with_a_backlog_causes_no_reconnect() {
     let mut pg = common::PgServer::dedicated();
@@ -157,25 +165,48 @@ async fn a_database_outage_longer_than_the_keep_alive_with_a_backlog_causes_no_r
     let ids = support::insert_hierarchy(&client).await;
     let broker = common::Broker::start();
     let mut env = daemon_env(&db.url, &broker.url());
+    // The smallest budget these packets allow: 11 x 64 KiB kept for one read, 4 MiB more.
+    let budget: f64 = (11 * 65536 + (4 << 20)) as f64;
+    set_env(&mut env, "ENALYSIS_MQTT__MAX_PACKET_BYTES", "65536");
+    set_env(&mut env, "ENALYSIS_INGEST__MAX_PAYLOAD_BYTES", "65536");
+    set_env(
+        &mut env,
+        "ENALYSIS_INGEST__MAX_BUFFERED_BYTES",
+        format!("{budget}"),
+    );
     set_env(&mut env, "ENALYSIS_INGEST__QUEUE_MESSAGES", "100");
-    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "1400");
     let port = with_http_port(&mut env);
     let daemon = Daemon::start(&env).await;
     let watch = watch_connected(port);
     let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
     let p = Publisher::connect(&broker.url()).await;
-    for m in 0..50 {
-        p.publish(&topic, ten_readings(m)).await;
+    // 700 readings (~53 KB) a message: what the queue holds is more than the budget.
+    let per: i64 = 700;
+    for m in 0..2 {
+        p.publish(&topic, readings(m, per)).await;
     }
-    wait_count(&client, "SELECT count(*) FROM measurements", 500).await;
+    wait_count(&client, "SELECT count(*) FROM measurements", 2 * per).await;
     drop(client);
     pg.stop();
-    let messages: i64 = 1_000;
-    for m in 50..messages {
-        p.publish(&topic, ten_readings(m)).await;
+    let messages: i64 = 150;
+    for m in 2..messages {
+        p.publish(&topic, readings(m, per)).await;
     }
     p.wait_acked(messages as usize).await;
     daemon.wait_for_log("batch not written; retrying", 1).await;
+    // The scenario: intake paused on a spent budget (short of the read reserve).
+    let reserve = (11 * 65536) as f64;
+    common::wait_until(
+        Duration::from_secs(20),
+        "the budget to be spent",
+        || async move {
+            metric(port, "ingest_buffered_bytes")
+                .await
+                .is_some_and(|b| b + reserve >= budget)
+        },
+    )
+    .await;
     // Down for three keep-alive periods: the daemon must keep its session all along.
     let down = tokio::time::Instant::now();
     common::wait_until(
@@ -191,7 +222,7 @@ async fn a_database_outage_longer_than_the_keep_alive_with_a_backlog_causes_no_r
     );
     pg.start();
     let client = support::connect(&db.url).await;
-    assert_exactly_once(&client, 10 * messages).await;
+    assert_exactly_once(&client, per * messages).await;
     assert_no_reconnect(&daemon, port, watch).await;
     assert_overflow_bounded(port).await;
 }
