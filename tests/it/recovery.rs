@@ -511,3 +511,75 @@ async fn a_daemon_pointed_only_at_a_standby_waits_and_acks_nothing() {
     let _daemon = Daemon::start(&on_primary).await;
     assert_exactly_once(&primary, 10 * messages).await;
 }
+
+/// A server that starts answering read-only under a running daemon (every write `25006`,
+/// as a demoted primary or a standby would): the batch is retried as the database being away
+/// — never a row error, never acknowledged — the pooled connections to it are dropped,
+/// `/readyz` is 503 naming the reason, and once it takes writes again everything is stored
+/// exactly once.
+#[tokio::test]
+async fn a_server_turned_read_only_is_waited_for_never_taken_for_a_row_error() {
+    let pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    let client = support::connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
+        .await
+        .expect("migrate");
+    let ids = support::insert_hierarchy(&client).await;
+    let broker = common::Broker::start();
+    let url = format!("{}?target_session_attrs=read-write", db.url);
+    let mut env = daemon_env(&url, &broker.url());
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "50");
+    let port = with_http_port(&mut env);
+    let daemon = Daemon::start(&env).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", ids.meter);
+    let p = Publisher::connect(&broker.url()).await;
+    for m in 0..10 {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    wait_count(&client, "SELECT count(*) FROM measurements", 100).await;
+    // Open sessions take the new default at their next transaction.
+    pg.execute_blocking(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    );
+    pg.execute_blocking("postgres", "SELECT pg_reload_conf()");
+    let messages: i64 = 200;
+    for m in 10..messages {
+        p.publish(&topic, ten_readings(m)).await;
+    }
+    p.wait_acked(messages as usize).await;
+    daemon.wait_for_log("read-only transaction", 1).await;
+    common::wait_until(
+        Duration::from_secs(20),
+        "/readyz to be 503 naming the read-only server",
+        || async move {
+            let r = support::http_get(port, "/readyz").await;
+            r.starts_with("HTTP/1.0 503") && r.contains("no server accepts writes")
+        },
+    )
+    .await;
+    let stored: i64 = client
+        .query_one("SELECT count(*) FROM measurements", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 100, "written to a read-only server?");
+    pg.execute_blocking(
+        "postgres",
+        "ALTER SYSTEM RESET default_transaction_read_only",
+    );
+    pg.execute_blocking("postgres", "SELECT pg_reload_conf()");
+    assert_exactly_once(&client, 10 * messages).await;
+    let rejected: i64 = client
+        .query_one("SELECT count(*) FROM rejected_readings", &[])
+        .await
+        .expect("rejections")
+        .get(0);
+    assert_eq!(rejected, 0, "a reading was stored as a rejection");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains("keeps refusing") && !log.contains("keeps failing"),
+        "read-only was taken for the rows' fault:\n{log}"
+    );
+}
