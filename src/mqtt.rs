@@ -2,9 +2,12 @@
 //! writer asks for, reconnect with backoff.
 //!
 //! Invariants (see ARCHITECTURE.md):
-//! - The task that polls the event loop awaits nothing but `poll()` and free space in the queue
-//!   *before* it polls. It never holds a message while waiting, so a full queue simply stops
-//!   reading from the socket (backpressure) and can never deadlock with the writer's acks.
+//! - The task that polls the event loop awaits nothing but `poll()` (and, beside it, free space
+//!   in the queue or the budget). It never holds a message while waiting: a full queue or a
+//!   spent budget pauses *reads* (`EventLoop::pause_reads`, vendored rumqttc) while polling goes
+//!   on, so PUBACKs and keep-alive pings still go out — the broker keeps the connection however
+//!   long intake is paused — and nothing more is read (backpressure). It can never deadlock
+//!   with the writer's acks.
 //! - Acks go through the client's request channel with `try_ack`, which never waits: the
 //!   channel is sized above the number of messages that can be awaiting an ack.
 //! - An ack is only sent on the connection the message arrived on. After a reconnect the broker
