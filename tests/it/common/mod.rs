@@ -18,7 +18,7 @@
 mod broker;
 mod certs;
 mod pg;
-pub mod process;
+mod process;
 mod prometheus;
 
 use std::future::Future;
@@ -32,6 +32,7 @@ pub use pg::{
     Hba, PASSWORD_LOGIN_GROUP, PASSWORD_USER, PASSWORD_USER_PASSWORD, PgOptions, PgPair, PgServer,
     Replication, STANDBY_NAME, TestDb, fresh_db, shared_pg,
 };
+#[allow(unused_imports)] // the benchmark does not use them
 pub use process::signal;
 #[allow(unused_imports)] // the benchmark does not use it
 pub use prometheus::Prometheus;
