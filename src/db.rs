@@ -269,3 +269,26 @@ fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, DbError> {
         msg: e.msg,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_names_every_server_and_no_password() {
+        for (url, target) in [
+            ("postgres://u:secret@db1:5433/enalysis", "db1:5433/enalysis"),
+            (
+                "postgres://u:secret@db1:5432,db2:5433/enalysis?target_session_attrs=read-write",
+                "db1:5432,db2:5433/enalysis",
+            ),
+            (
+                "host=db1,db2 port=6432 user=u dbname=e",
+                "db1:6432,db2:6432/e",
+            ),
+        ] {
+            let pg: tokio_postgres::Config = url.parse().expect("a valid URL");
+            assert_eq!(describe(&pg), target, "{url}");
+        }
+    }
+}

@@ -111,6 +111,7 @@ async fn assert_overflow_bounded(port: u16) {
         peak <= READ_BATCH,
         "{peak} messages waited beyond the queue; the bound is one read, {READ_BATCH}"
     );
+    eprintln!("peak overflow: {peak} messages (bound {READ_BATCH})");
 }
 
 /// A publisher far faster than the database (every statement into `measurements` made 100 ms
