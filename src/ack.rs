@@ -33,11 +33,6 @@ pub struct Link {
     /// Incremented whenever a connection ends; tokens of older connections are not acked.
     connection: AtomicU64,
     connected: AtomicBool,
-    /// PUBACKs handed to the client so far; the MQTT task compares it with the PUBACKs it saw
-    /// written, and keeps polling while some are waiting (rumqttc writes them only when polled).
-    acks_queued: AtomicU64,
-    /// Woken when acks are queued.
-    pub(crate) acks_ready: tokio::sync::Notify,
 }
 
 impl Link {
@@ -53,10 +48,6 @@ impl Link {
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Release);
         metrics::gauge!(crate::telemetry::names::MQTT_CONNECTED).set(if up { 1.0 } else { 0.0 });
-    }
-
-    pub fn acks_queued(&self) -> u64 {
-        self.acks_queued.load(Ordering::Acquire)
     }
 
     /// The connection ended: tokens issued so far become stale. Returns whether it was up.
@@ -110,12 +101,6 @@ impl Acker {
                     report.stale += 1;
                 }
             }
-        }
-        if report.acked > 0 {
-            self.link
-                .acks_queued
-                .fetch_add(report.acked as u64, Ordering::AcqRel);
-            self.link.acks_ready.notify_one();
         }
         report
     }

@@ -29,6 +29,15 @@ pub enum DbError {
     },
     #[error("timed out after {waited:?} waiting for a connection to PostgreSQL at {target}")]
     Timeout { target: String, waited: Duration },
+    /// Every server answered read-only (standbys in recovery, a failover not finished yet).
+    #[error("no server accepts writes (target_session_attrs=read-write) at {target}")]
+    NoWritableServer { target: String },
+    /// The server we reached does not take writes: a standby, or `default_transaction_read_only`.
+    #[error(
+        "PostgreSQL at {target} does not accept writes (a standby in recovery, or read-only); \
+         set target_session_attrs=read-write and list every server in DATABASE_URL"
+    )]
+    ReadOnly { target: String },
 }
 
 impl DbError {
@@ -36,7 +45,7 @@ impl DbError {
     /// a refused password will not fix itself.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::NoWritableServer { .. } | Self::ReadOnly { .. } => true,
             Self::Connect { refused, .. } => !refused,
             Self::BadUrl(_) | Self::CaFile { .. } | Self::Build(_) => false,
         }
@@ -130,6 +139,14 @@ impl Db {
     }
 
     fn connect_error(&self, e: &tokio_postgres::Error) -> DbError {
+        let msg = pg_error_message(e);
+        // tokio-postgres's own words when every host answered `transaction_read_only = on`
+        // (it reports the last host's error); it exposes no kind for it.
+        if msg.contains("database does not allow writes") {
+            return DbError::NoWritableServer {
+                target: self.target.to_string(),
+            };
+        }
         let refused = match e.code() {
             Some(c) => c.code().starts_with("28") || c.code() == "3D000",
             // The driver's own refusal to connect without a password the server asks for: no
@@ -138,7 +155,7 @@ impl Db {
         };
         DbError::Connect {
             target: self.target.to_string(),
-            msg: pg_error_message(e),
+            msg,
             refused,
         }
     }
@@ -153,14 +170,35 @@ impl Db {
         self.pool.get().await.map_err(|e| self.pool_error(e))
     }
 
-    /// Opens (or reuses) a connection and runs a trivial query.
+    /// Opens (or reuses) a connection and checks that the server takes writes: the daemon
+    /// has no use for a standby (without `target_session_attrs=read-write` in the URL, a
+    /// standby is connected to like any server).
     pub async fn check(&self) -> Result<(), DbError> {
         let client = self.get().await?;
-        client
-            .simple_query("SELECT 1")
+        let rows = client
+            .simple_query("SHOW transaction_read_only")
             .await
             .map_err(|e| self.connect_error(&e))?;
+        let read_only = rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+            _ => false,
+        });
+        if read_only {
+            // Not to be handed out again: a new connection chooses its server anew.
+            drop(deadpool_postgres::Object::take(client));
+            return Err(DbError::ReadOnly {
+                target: self.target.to_string(),
+            });
+        }
         Ok(())
+    }
+
+    /// Closes every idle pooled connection, so the next ones are opened anew and choose their
+    /// server by `target_session_attrs`. Called after the database failed a write: an idle
+    /// connection may be to a server that died, or to one that no longer takes writes (a
+    /// failover), and must not be handed out again.
+    pub fn forget_idle(&self) {
+        self.pool.retain(|_, _| false);
     }
 
     fn pool_error(&self, e: PoolError) -> DbError {
@@ -195,19 +233,34 @@ pub fn pg_error_message(e: &tokio_postgres::Error) -> String {
     msg
 }
 
+/// `host:port/db`, or `host1:port1,host2:port2/db` for a URL naming several servers.
 fn describe(pg: &tokio_postgres::Config) -> String {
-    let host = match pg.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".into(),
+    let ports = pg.get_ports();
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(p) => p.display().to_string(),
+            };
+            // libpq: one port for all hosts, or one per host.
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    let servers = if hosts.is_empty() {
+        format!("localhost:{}", ports.first().copied().unwrap_or(5432))
+    } else {
+        hosts.join(",")
     };
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
     let db = pg
         .get_dbname()
         .or(pg.get_user())
         .unwrap_or("postgres")
         .to_string();
-    format!("{host}:{port}/{db}")
+    format!("{servers}/{db}")
 }
 
 fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, DbError> {
@@ -215,4 +268,27 @@ fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, DbError> {
         path: e.path,
         msg: e.msg,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_names_every_server_and_no_password() {
+        for (url, target) in [
+            ("postgres://u:secret@db1:5433/enalysis", "db1:5433/enalysis"),
+            (
+                "postgres://u:secret@db1:5432,db2:5433/enalysis?target_session_attrs=read-write",
+                "db1:5432,db2:5433/enalysis",
+            ),
+            (
+                "host=db1,db2 port=6432 user=u dbname=e",
+                "db1:6432,db2:6432/e",
+            ),
+        ] {
+            let pg: tokio_postgres::Config = url.parse().expect("a valid URL");
+            assert_eq!(describe(&pg), target, "{url}");
+        }
+    }
 }

@@ -2,9 +2,12 @@
 //! writer asks for, reconnect with backoff.
 //!
 //! Invariants (see ARCHITECTURE.md):
-//! - The task that polls the event loop awaits nothing but `poll()` and free space in the queue
-//!   *before* it polls. It never holds a message while waiting, so a full queue simply stops
-//!   reading from the socket (backpressure) and can never deadlock with the writer's acks.
+//! - The task that polls the event loop awaits nothing but `poll()` (and, beside it, free space
+//!   in the queue or the budget). It never holds a message while waiting: a full queue or a
+//!   spent budget pauses *reads* (`EventLoop::pause_reads`, vendored rumqttc) while polling goes
+//!   on, so PUBACKs and keep-alive pings still go out — the broker keeps the connection however
+//!   long intake is paused — and nothing more is read (backpressure). It can never deadlock
+//!   with the writer's acks.
 //! - Acks go through the client's request channel with `try_ack`, which never waits: the
 //!   channel is sized above the number of messages that can be awaiting an ack.
 //! - An ack is only sent on the connection the message arrived on. After a reconnect the broker
@@ -143,11 +146,6 @@ fn tls_config(cfg: &MqttConfig) -> Result<TlsConfiguration, MqttSetupError> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Messages read while the queue is full, because the task polled to write acks. rumqttc reads
-/// at most 10 packets per poll, and the broker's flow control (the receive maximum) bounds the
-/// rest; past this the task stops polling until the queue has room.
-const OVERFLOW_MAX: usize = 1024;
-
 /// The running MQTT side: the client (for acks) and the task driving the event loop.
 pub struct Intake {
     pub acker: Acker,
@@ -224,10 +222,11 @@ async fn drive(
     let mut unacked: i64 = 0;
     // One handle, not a registry lookup per message.
     let unacked_gauge = metrics::gauge!(crate::telemetry::names::MQTT_UNACKED);
-    // PUBACKs seen written, against `link.acks_queued()`.
-    let mut acks_written: u64 = link.acks_queued();
-    // Messages read while the queue was full (we polled to write acks); bounded.
+    // Messages of one read beyond the queue's room: at most MQTT_READ_BATCH (see above).
     let mut overflow: VecDeque<Inbound> = VecDeque::new();
+    let overflow_gauge = metrics::gauge!(crate::telemetry::names::MQTT_OVERFLOW);
+    let overflow_peak = metrics::gauge!(crate::telemetry::names::MQTT_OVERFLOW_PEAK);
+    let mut peak = 0;
     loop {
         if let Some(sender) = &tx {
             while let Some(m) = overflow.pop_front() {
@@ -240,40 +239,31 @@ async fn drive(
                     Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
+            overflow_gauge.set(overflow.len() as f64);
         }
-        // Poll when the queue has room for what may arrive, or when acks wait to be written
-        // (rumqttc writes them only inside poll); a message that arrives then waits in
-        // `overflow`. Never while the byte budget is spent: what is read must fit in memory.
-        // Otherwise wait, without polling: the broker holds the rest (backpressure).
+        // Read from the broker only while the queue has room and the byte budget is not spent
+        // (or while draining, when what is read is dropped unacknowledged). Otherwise keep
+        // polling with reads paused: rumqttc still writes the writer's PUBACKs and sends
+        // keep-alive pings, so the broker keeps the connection however long intake is paused,
+        // and nothing more is read — the broker holds the rest (backpressure). What one read
+        // brought beyond the queue's room waits in `overflow`: at most one read's packets.
         let room = tx
             .as_ref()
             .is_some_and(|t| overflow.is_empty() && t.capacity() > 0);
-        let acks_waiting = link.acks_queued() > acks_written;
         let spent = budget.is_spent();
-        let may_poll =
-            tx.is_none() || (!spent && (room || (acks_waiting && overflow.len() < OVERFLOW_MAX)));
-        if !may_poll {
-            let Some(sender) = tx.clone() else { continue };
-            tokio::select! {
-                biased;
-                _ = control.abort.cancelled() => return,
-                _ = control.stop_intake.cancelled() => {}
-                _ = budget.freed(), if spent => {}
-                permit = sender.reserve(), if !spent => drop(permit),
-                _ = link.acks_ready.notified(), if !spent => {}
-            }
-            if !control.stop_intake.is_cancelled() {
-                continue;
-            }
-        }
+        let reads = tx.is_none() || (!spent && room);
+        eventloop.pause_reads(!reads);
         if tx.is_some() && control.stop_intake.is_cancelled() {
             // Closing the queue lets the batcher flush what it has. Messages still in
             // `overflow` are dropped unacknowledged: the broker redelivers them.
             tx = None;
             overflow.clear();
+            overflow_gauge.set(0.0);
             tracing::info!("intake stopped; draining");
+            continue;
         }
         let draining = tx.is_none();
+        let sender = tx.clone();
         let event = tokio::select! {
             biased;
             _ = control.abort.cancelled() => return,
@@ -287,14 +277,15 @@ async fn drive(
                 continue;
             }
             _ = control.stop_intake.cancelled(), if !draining => continue,
+            // Paused: wake when reading may resume, to poll with reads on.
+            _ = budget.freed(), if !reads && spent => continue,
+            _ = queue_room(sender.as_ref()), if !reads && !spent => continue,
             event = eventloop.poll() => event,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff.reset();
                 unacked = 0;
-                // Acks queued before the reconnect were dropped by rumqttc; start counting anew.
-                acks_written = link.acks_queued();
                 link.set_connected(true);
                 tracing::info!(
                     session_present = connack.session_present,
@@ -322,7 +313,6 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(Outgoing::PubAck(_))) => {
-                acks_written += 1;
                 unacked -= 1;
                 unacked_gauge.set(unacked as f64);
             }
@@ -343,6 +333,11 @@ async fn drive(
                     };
                     if let Err(mpsc::error::TrySendError::Full(m)) = sender.try_send(inbound) {
                         overflow.push_back(m);
+                        overflow_gauge.set(overflow.len() as f64);
+                        if overflow.len() > peak {
+                            peak = overflow.len();
+                            overflow_peak.set(peak as f64);
+                        }
                     }
                 }
                 // While draining, a message is neither forwarded nor acknowledged: the broker
@@ -378,6 +373,17 @@ async fn drive(
                 }
             }
         }
+    }
+}
+
+/// Resolves once the queue has room for a message (never, if it is closed or absent).
+async fn queue_room(sender: Option<&mpsc::Sender<Inbound>>) {
+    match sender {
+        Some(s) => match s.reserve().await {
+            Ok(permit) => drop(permit),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

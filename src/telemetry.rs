@@ -32,6 +32,11 @@ pub mod names {
     pub const MQTT_CONNECTED: &str = "ingest_mqtt_connected";
     /// QoS 1 messages received on the current connection whose PUBACK is not written yet.
     pub const MQTT_UNACKED: &str = "ingest_mqtt_unacked_messages";
+    /// Messages read from the broker beyond the queue's room, waiting for it (at most one
+    /// read's packets: the MQTT task reads only while the queue has room).
+    pub const MQTT_OVERFLOW: &str = "ingest_mqtt_overflow_messages";
+    /// The most messages `ingest_mqtt_overflow_messages` has held since the start.
+    pub const MQTT_OVERFLOW_PEAK: &str = "ingest_mqtt_overflow_peak_messages";
     pub const DB_ERRORS: &str = "ingest_db_errors_total";
     pub const REGISTRY_ENTITIES: &str = "ingest_registry_entities";
     pub const PARTITIONS_CREATED: &str = "ingest_partitions_created_total";

@@ -119,6 +119,14 @@ fn describe() {
         "QoS 1 messages received on the current connection whose PUBACK is not written yet"
     );
     describe_gauge!(
+        names::MQTT_OVERFLOW,
+        "Messages read from the broker beyond the queue's room, waiting for it"
+    );
+    describe_gauge!(
+        names::MQTT_OVERFLOW_PEAK,
+        "The most messages held beyond the queue's room since the start"
+    );
+    describe_gauge!(
         names::REGISTRY_REFRESHED,
         "Unix time of the last successful registry load"
     );

@@ -80,7 +80,8 @@ impl From<tokio_postgres::Error> for WriteError {
 /// not in prerequisite state (lock not available), operator intervention (shutdown, cannot
 /// connect now), system error. `57014` (query cancelled, e.g. by `statement_timeout`) is left
 /// out: a statement that always times out is about its rows. `25006` (read-only transaction)
-/// is a server in recovery.
+/// is a server in recovery or a standby (after a failover, a connection to the old primary
+/// come back as a standby): never the rows' fault, never acked against.
 fn classify(e: &tokio_postgres::Error) -> Failure {
     match e.code() {
         None => Failure::Lost,
@@ -249,6 +250,19 @@ impl Writer {
             // Types may be stale after the database was re-created; cheap to re-read.
             self.types = None;
             metrics::counter!(names::DB_ERRORS).increment(1);
+            let refused = matches!(
+                &e,
+                WriteError::Db {
+                    failure: Failure::Refused,
+                    ..
+                }
+            );
+            if !refused {
+                // The database failed us, not the rows: no idle connection is trusted again
+                // (one to a server that died, or that answered read-only after a failover);
+                // new ones choose their server by `target_session_attrs`.
+                self.db.forget_idle();
+            }
             let own = match &e {
                 WriteError::Connect(_) => false,
                 WriteError::Db { failure, .. } => match failure {

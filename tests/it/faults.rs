@@ -547,9 +547,9 @@ async fn the_connection_to_the_broker_reset_while_acks_are_pending_loses_nothing
     through_a_faulty_link_nothing_is_lost(3, Proxy::cut).await;
 }
 
-/// Nothing is reset: the daemon notices only when its keep-alive ping goes unanswered (within
-/// two keep-alive intervals: 5 to 10 s with the tests' 5 s, the smallest allowed), the broker
-/// when the daemon has been silent for 1.5 intervals. Whichever comes first, the new connection
+/// Nothing is reset: the daemon notices only when its keep-alive ping goes unanswered with
+/// nothing else heard since (within three keep-alive intervals: 15 s at most with the tests'
+/// 5 s, the smallest allowed), the broker when the daemon has been silent for 1.5 intervals. Whichever comes first, the new connection
 /// takes the session over.
 #[tokio::test]
 async fn a_connection_to_the_broker_gone_silent_is_replaced_and_loses_nothing() {

@@ -13,6 +13,7 @@ mod hostile;
 mod ingest;
 mod properties;
 mod provision;
+mod recovery;
 mod schema;
 mod schemathesis;
 mod support;

@@ -5,6 +5,7 @@
 //! - [`PgServer::dedicated`]: a cluster of its own, for tests that stop and restart it.
 //! - [`Broker::start`]: a mosquitto per test.
 //! - [`Prometheus::start`]: a Prometheus per test, scraping the daemons it is given.
+//! - [`PgPair::start`]: a primary and a streaming standby (synchronous or not), for failover.
 //! - [`PgServer::dedicated_with_options`]: one with its own settings, files and TCP rules
 //!   (e.g. TLS only).
 //! - [`TestPki`]: a private CA and a server certificate for TLS tests.
@@ -28,9 +29,11 @@ pub use broker::Broker;
 pub use certs::{TestPki, run_checked};
 #[allow(unused_imports)]
 pub use pg::{
-    Hba, PASSWORD_LOGIN_GROUP, PASSWORD_USER, PASSWORD_USER_PASSWORD, PgOptions, PgServer, TestDb,
-    fresh_db, shared_pg,
+    Hba, PASSWORD_LOGIN_GROUP, PASSWORD_USER, PASSWORD_USER_PASSWORD, PgOptions, PgPair, PgServer,
+    Replication, STANDBY_NAME, TestDb, fresh_db, shared_pg,
 };
+#[allow(unused_imports)] // the benchmark does not use them
+pub use process::signal;
 #[allow(unused_imports)] // the benchmark does not use it
 pub use prometheus::Prometheus;
 

@@ -30,12 +30,14 @@ pub const PASSWORD_LOGIN_GROUP: &str = "password_login";
 const PG_HBA: &str = "\
 # Written by the test harness.
 local   all   all                             trust
+local   replication   all                     trust
 {host}  all   password_user    127.0.0.1/32   scram-sha-256
 {host}  all   password_user    ::1/128        scram-sha-256
 {host}  all   +password_login  127.0.0.1/32   scram-sha-256
 {host}  all   +password_login  ::1/128        scram-sha-256
 {host}  all   all              127.0.0.1/32   trust
 {host}  all   all              ::1/128        trust
+{host}  replication   all      127.0.0.1/32   trust
 ";
 
 /// Who may connect over TCP to a cluster (see [`PgOptions::hba`]).
@@ -171,6 +173,34 @@ impl PgServer {
     }
 
     fn try_new(synchronous_commit: bool, options: PgOptions) -> Result<PgServer, String> {
+        PgServer::try_make(synchronous_commit, options.settings, |pg| {
+            pg.initdb(options.hba)?;
+            for (name, src) in &options.files {
+                pg.install_file(name, src)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A streaming standby of `primary`: `pg_basebackup -R` of it (which writes
+    /// `standby.signal` and `primary_conninfo`), started on a port of its own, connecting as
+    /// `application_name` (what `synchronous_standby_names` names). Same settings as the
+    /// primary; `synchronous_commit=on`, like every dedicated cluster.
+    pub fn standby_of(primary: &PgServer, application_name: &str) -> PgServer {
+        let settings = primary.settings.clone();
+        PgServer::try_make(true, settings, |pg| {
+            pg.base_backup(primary, application_name)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The temp dir, the reaper, `fill` (what goes in the data directory), then a start on a
+    /// free port.
+    fn try_make(
+        synchronous_commit: bool,
+        settings: Vec<(String, String)>,
+        fill: impl FnOnce(&PgServer) -> Result<(), String>,
+    ) -> Result<PgServer, String> {
         let bindir = find_bindir();
         let run_as = if process::running_as_root() {
             Some(process::lookup_user("postgres").ok_or_else(|| {
@@ -200,16 +230,13 @@ impl PgServer {
             bindir,
             run_as,
             synchronous_commit,
-            settings: options.settings,
+            settings,
             child: None,
             password_user: OnceLock::new(),
             reaper: Some(reaper),
             dir: Some(dir),
         };
-        pg.initdb(options.hba)?;
-        for (name, src) in &options.files {
-            pg.install_file(name, src)?;
-        }
+        fill(&pg)?;
         let mut last_err = String::new();
         for _ in 0..PORT_ATTEMPTS {
             pg.port = super::free_port();
@@ -363,6 +390,34 @@ impl PgServer {
         }
     }
 
+    /// A crash of the whole server (SIGKILL to the postmaster and every backend: its process
+    /// group), like its host dying. No-op when already stopped.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::signal_group(child.id(), "KILL");
+            let _ = child.wait();
+        }
+        process::write_pid_file(&self.pid_file(), None);
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        let out = self
+            .command("pg_ctl")
+            .arg("promote")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-w", "-t", "60"])
+            .output()
+            .unwrap_or_else(|e| panic!("run pg_ctl promote: {e}"));
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Fast stop, then start again on the same port.
     pub fn restart_fast(&mut self) {
         self.stop();
@@ -443,6 +498,38 @@ impl PgServer {
         std::fs::write(data.join("pg_hba.conf"), PG_HBA.replace("{host} ", host))
             .map_err(|e| format!("write pg_hba.conf: {e}"))?;
         Ok(())
+    }
+
+    /// Fills the data dir with a base backup of `primary` through its Unix socket, as a standby
+    /// streaming from it over TCP as `application_name`.
+    fn base_backup(&self, primary: &PgServer, application_name: &str) -> Result<(), String> {
+        let out = self
+            .command("pg_basebackup")
+            .arg("-h")
+            .arg(primary.dir())
+            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-D"])
+            .arg(self.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .output()
+            .map_err(|e| format!("run {}/pg_basebackup: {e}", self.bindir.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_basebackup failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        // -R wrote primary_conninfo for the socket; a later line wins: over TCP, with a name.
+        let conninfo = format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={application_name}'\n",
+            primary.port
+        );
+        let auto = self.data_dir().join("postgresql.auto.conf");
+        let mut text =
+            std::fs::read_to_string(&auto).map_err(|e| format!("read {}: {e}", auto.display()))?;
+        text.push_str(&conninfo);
+        std::fs::write(&auto, text).map_err(|e| format!("write {}: {e}", auto.display()))
     }
 
     /// Copies `src` into the data dir as `name`, owned by the server's user, mode 0600.
@@ -650,5 +737,85 @@ fn find_bindir() -> PathBuf {
     match found {
         Ok(dir) => dir.clone(),
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// How a [`PgPair`]'s standby replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    /// The primary's `synchronous_standby_names` names the standby: with
+    /// `synchronous_commit=on` a COMMIT returns only once the standby has flushed its WAL.
+    Synchronous,
+    /// Streaming only: a COMMIT returns before the standby has it.
+    Asynchronous,
+}
+
+/// The standby's `application_name`, as `synchronous_standby_names` names it.
+pub const STANDBY_NAME: &str = "standby1";
+
+/// A primary and a streaming standby made from it (`pg_basebackup -R`), each a dedicated
+/// cluster on its own loopback port: for failover tests (`PgServer::kill9` the primary,
+/// `PgServer::promote` the standby).
+pub struct PgPair {
+    pub primary: PgServer,
+    pub standby: PgServer,
+}
+
+impl PgPair {
+    /// Starts both and returns once `pg_stat_replication` on the primary shows the standby
+    /// streaming, as a synchronous standby when `replication` says so.
+    pub async fn start(replication: Replication) -> PgPair {
+        let primary = PgServer::dedicated();
+        let standby = PgServer::standby_of(&primary, STANDBY_NAME);
+        let sync_state = match replication {
+            Replication::Synchronous => {
+                // After the base backup, so the standby's copy of postgresql.auto.conf does not
+                // carry it (promoted, it would wait for a standby of its own).
+                primary.execute_blocking(
+                    "postgres",
+                    &format!("ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'"),
+                );
+                primary.execute_blocking("postgres", "SELECT pg_reload_conf()");
+                "sync"
+            }
+            Replication::Asynchronous => "async",
+        };
+        let url = primary.socket_url("postgres");
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let conn = tokio::spawn(conn);
+        super::wait_until(
+            Duration::from_secs(60),
+            &format!("the standby to stream from the primary ({sync_state})"),
+            || {
+                let client = &client;
+                async move {
+                    client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_replication \
+                             WHERE application_name = $1 AND state = 'streaming' \
+                             AND sync_state = $2",
+                            &[&STANDBY_NAME, &sync_state],
+                        )
+                        .await
+                        .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+                }
+            },
+        )
+        .await;
+        drop(client);
+        let _ = conn.await;
+        PgPair { primary, standby }
+    }
+
+    /// A libpq URL naming both servers, primary first, that connects only to the one that
+    /// accepts writes (CONTRACT.md §8).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{db}?target_session_attrs=read-write",
+            self.primary.port(),
+            self.standby.port()
+        )
     }
 }

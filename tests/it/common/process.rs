@@ -65,6 +65,25 @@ pub fn signal(pid: u32, sig: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Sends `sig` to every process of the process group `pgid` (a server started with
+/// `process_group(0)`: the group's id is its pid). Returns whether the signal was delivered.
+pub fn signal_group(pgid: u32, sig: &str) -> bool {
+    Command::new("sh")
+        .args([
+            "-c",
+            "kill -s \"$1\" -- \"-$2\" 2>/dev/null",
+            "sh",
+            sig,
+            &pgid.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// Waits up to `timeout` for `child` to exit; returns whether it did (and was reaped).
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;

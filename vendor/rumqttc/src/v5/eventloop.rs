@@ -116,6 +116,15 @@ impl EventLoop {
         }
     }
 
+    /// enalysis patch: while `paused`, `poll` reads no packets from the network: it still
+    /// yields events already read, writes requests (acks) and sends keep-alive pings, so the
+    /// broker keeps the session while the caller cannot take more messages. A PINGRESP left
+    /// unread meanwhile is not a dead connection: see `MqttState::outgoing_ping`.
+    pub fn pause_reads(&mut self, paused: bool) {
+        self.state.reads_paused = paused;
+        self.state.paused_since_ping |= paused;
+    }
+
     /// Last session might contain packets which aren't acked. MQTT says these packets should be
     /// republished in the next session. Move pending messages from state to eventloop, drops the
     /// underlying network connection and clears the keepalive timeout if any.
@@ -184,6 +193,7 @@ impl EventLoop {
 
         let inflight_full = self.state.inflight >= self.state.max_outgoing_inflight;
         let collision = self.state.collision.is_some();
+        let reads_paused = self.state.reads_paused;
 
         // Read buffered events from previous polls before calling a new poll
         if let Some(event) = self.state.events.pop_front() {
@@ -256,7 +266,8 @@ impl EventLoop {
                 Err(_) => Err(ConnectionError::RequestsDone),
             },
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            // enalysis patch: not while reads are paused (`pause_reads`).
+            o = network.readb(&mut self.state), if !reads_paused => {
                 o?;
                 // flush all the acks and return first incoming packet
                 network.flush().await?;

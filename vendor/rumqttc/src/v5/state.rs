@@ -86,6 +86,12 @@ pub struct MqttState {
     last_incoming: Instant,
     /// Last outgoing packet time
     last_outgoing: Instant,
+    /// enalysis patch: when the last PINGREQ was sent
+    last_ping: Instant,
+    /// enalysis patch: reads are paused (`EventLoop::pause_reads`)
+    pub(crate) reads_paused: bool,
+    /// enalysis patch: reads were paused at some moment since the last PINGREQ
+    pub(crate) paused_since_ping: bool,
     /// Packet id of the last outgoing packet
     pub(crate) last_pkid: u16,
     /// Number of outgoing inflight publishes
@@ -122,6 +128,9 @@ impl MqttState {
             collision_ping_count: 0,
             last_incoming: Instant::now(),
             last_outgoing: Instant::now(),
+            last_ping: Instant::now(),
+            reads_paused: false,
+            paused_since_ping: false,
             last_pkid: 0,
             inflight: 0,
             // index 0 is wasted as 0 is not a valid packet id
@@ -162,6 +171,7 @@ impl MqttState {
         self.incoming_pub.clear();
 
         self.await_pingresp = false;
+        self.paused_since_ping = false;
         self.collision_ping_count = 0;
         self.inflight = 0;
         pending
@@ -567,11 +577,18 @@ impl MqttState {
         }
 
         // raise error if last ping didn't receive ack
-        if self.await_pingresp {
+        // enalysis patch: ... unless the broker was heard from since it was sent (the PINGRESP
+        // is queued behind the publishes the broker sent first, which a subscriber reading at
+        // the pace of its database takes longer than a keep-alive interval to get through), or
+        // reads were paused meanwhile (the PINGRESP may be waiting unread).
+        let heard_since_ping = self.last_incoming > self.last_ping;
+        if self.await_pingresp && !heard_since_ping && !self.paused_since_ping {
             return Err(StateError::AwaitPingResp);
         }
 
         self.await_pingresp = true;
+        self.last_ping = Instant::now();
+        self.paused_since_ping = self.reads_paused;
 
         debug!(
             "Pingreq, last incoming packet before {:?}, last outgoing request before {:?}",
