@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_registry_notify"),
     migration!(4, "0004_rejected_messages"),
     migration!(5, "0005_text_limits"),
+    migration!(6, "0006_completeness"),
 ];
 
 /// Held for the whole run, so a second migrator waits instead of racing.

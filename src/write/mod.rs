@@ -372,6 +372,7 @@ pub async fn run(
     mut writer: Writer,
     mut batches: mpsc::Receiver<Batch>,
     acker: Acker,
+    last: std::sync::Arc<crate::silence::LastReadings>,
     abort: CancellationToken,
     done: CancellationToken,
 ) {
@@ -385,6 +386,10 @@ pub async fn run(
             return;
         };
         let acks = acker.ack_all(&batch.acks);
+        // Silence (crate::silence); a batch with refused rows (rare) is skipped, not guessed at.
+        if written.refused == 0 {
+            last.record(&batch.accepted);
+        }
         metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted);
         metrics::counter!(names::READINGS_DUPLICATE).increment(written.duplicates);
         metrics::histogram!(names::BATCH_ROWS).record(batch.rows() as f64);

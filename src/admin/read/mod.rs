@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+mod completeness;
+mod silent;
+
 use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
@@ -101,6 +104,8 @@ pub fn all() -> Vec<ReadRoute> {
         errors: &["400", "503"],
         handler: get(rejections),
     });
+    routes.extend(silent::routes());
+    routes.extend(completeness::routes());
     routes
 }
 
@@ -135,6 +140,8 @@ pub enum Accepts {
     Bucket,
     /// 1 to [`MAX_LIMIT`], with this default.
     Limit { default: i64 },
+    /// An entity kind: `meter`, `asset`, `energy_source`.
+    Kind,
 }
 
 /// One query parameter of a read route.
@@ -214,6 +221,10 @@ impl Accepts {
             }
             Accepts::Time => json!({"type": "string", "format": "date-time"}),
             Accepts::Bucket => json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+            Accepts::Kind => {
+                let kinds: Vec<&str> = EntityKind::ALL.iter().map(|k| k.as_str()).collect();
+                json!({"type": "string", "enum": kinds})
+            }
             Accepts::Limit { default } => {
                 json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default})
             }
@@ -221,7 +232,7 @@ impl Accepts {
     }
 }
 
-fn query_error(e: QueryRejection) -> ApiError {
+pub(super) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("query", e.body_text())
 }
 
@@ -236,7 +247,10 @@ pub struct MeasurementQuery {
     limit: Option<i64>,
 }
 
-fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn parse_time(
+    field: &str,
+    raw: &Option<String>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.as_deref()
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
@@ -401,7 +415,7 @@ async fn rejections(
 
 /// Column 0 of each row, a `jsonb_build_object`, as JSON. Rows can come from other writers (a
 /// jsonb number beyond f64 does not decode): a logged 500, never a panic.
-fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
+pub(super) fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
     rows.iter()
         .map(|r| {
             r.try_get(0).map_err(|e| {
