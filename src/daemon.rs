@@ -142,7 +142,9 @@ pub async fn run(
     ));
     let last_readings = Arc::new(LastReadings::default());
     let completeness = &config.completeness;
-    tokio::spawn(silence::flush_loop(
+    // Awaited in the drain: its last flush, after the writer's last commit, must finish before
+    // the process exits.
+    let flusher = tokio::spawn(silence::flush_loop(
         last_readings.clone(),
         db.clone(),
         Duration::from_millis(completeness.flush_interval_ms),
@@ -179,6 +181,7 @@ pub async fn run(
     let drain = async {
         let _ = batcher.await;
         let _ = writer.await;
+        let _ = flusher.await;
         let _ = mqtt_task.await;
     };
     let exit = tokio::select! {

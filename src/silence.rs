@@ -191,7 +191,7 @@ pub async fn flush_loop(
 /// `received_at`. Only such entities: a row, once there, is kept up to date by the flushes. In
 /// key order and with GREATEST, like the flushes, so it can run beside them and beside another
 /// daemon's seeding.
-const SEED: &str = "
+pub const SEED: &str = "
     INSERT INTO entity_last_readings AS l (entity_type, entity_id, last_ts, last_received_at)
     SELECT e.entity_type, e.id, max(r.ts), max(r.received_at)
     FROM active_entities e

@@ -109,6 +109,20 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// A site's `timezone` is free text in the schema: one PostgreSQL does not know fails the
+/// query with 22023. Said as such (the request itself was fine, but 400 is what the route
+/// documents for a request it cannot answer), never as a 500.
+fn query_failed(e: tokio_postgres::Error) -> ApiError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) {
+        return ApiError::bad_request(
+            "timezone",
+            "the site's timezone is not a time zone PostgreSQL knows (pg_timezone_names); \
+             correct the site",
+        );
+    }
+    e.into()
+}
+
 /// `present / expected`, 1.0 when nothing is expected.
 fn ratio(present: i64, expected: i64) -> f64 {
     if expected <= 0 {
@@ -165,7 +179,8 @@ async fn meter(
     let client = state.db.get().await?;
     let row = client
         .query_opt(METER, &[&id, &w.metric, &w.from, &w.to])
-        .await?
+        .await
+        .map_err(query_failed)?
         .ok_or_else(|| ApiError::not_found(format!("no meter {id}")))?;
     let frequency: String = row.try_get(0)?;
     let expected: i64 = row.try_get(1)?;
@@ -196,7 +211,7 @@ async fn meter(
 
 /// Every active meter of a site (active all the way up: `active_entities`), each with its own
 /// frequency; `present` per meter from one index range scan of its readings.
-const SITE: &str = "
+pub const SITE: &str = "
     WITH mt AS (
         SELECT m.id, m.external_id, m.name, m.reading_frequency AS f, s.timezone AS tz
         FROM active_entities e
@@ -238,7 +253,8 @@ async fn site(
     }
     let rows = client
         .query(SITE, &[&id, &w.metric, &w.from, &w.to])
-        .await?;
+        .await
+        .map_err(query_failed)?;
     let mut meters = json_rows(&rows)?;
     let (mut expected, mut present) = (0i64, 0i64);
     for (row, m) in rows.iter().zip(meters.iter_mut()) {

@@ -19,6 +19,9 @@ use uuid::Uuid;
 mod completeness;
 mod silent;
 
+/// The site completeness query, for the benchmark's `EXPLAIN`.
+pub use completeness::SITE as SITE_COMPLETENESS_SQL;
+
 use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
