@@ -53,7 +53,8 @@ $$;
 -- Completeness slots (CONTRACT.md §7): `1min` … `hourly` aligned in UTC (on the epoch), `daily`
 -- from midnight to midnight in the site's time zone, so a daylight-saving day is one slot of 23
 -- or 25 hours. Plain SQL expressions, so the planner inlines them into the queries of the read
--- routes and the application can use the same definition.
+-- routes (one evaluation per reading in the aggregate, no function call) and the application
+-- can use the same definition.
 
 -- The start of the slot that holds `ts`.
 CREATE FUNCTION reading_slot_start(f reading_frequency_enum, tz text, ts timestamptz)
@@ -65,8 +66,11 @@ RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The end of the slot that holds `ts` (the start of the next one).
+-- STABLE, not IMMUTABLE: timestamptz + interval is STABLE, and PostgreSQL inlines a function
+-- only when its body is no more volatile than it says (measured: not inlined, 43,200 calls cost
+-- ~0.2 s in a month of 1-min readings).
 CREATE FUNCTION reading_slot_end(f reading_frequency_enum, tz text, ts timestamptz)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN f = 'daily'
         THEN ((ts AT TIME ZONE tz)::date + 1)::timestamp AT TIME ZONE tz
         ELSE date_bin(reading_frequency_interval(f), ts, timestamptz '1970-01-01 00:00:00+00')
@@ -77,7 +81,7 @@ $$;
 -- The first slot boundary at or after `t`: the slots whose start lies in [from, to) are those
 -- from ceil(from) to ceil(to).
 CREATE FUNCTION reading_slot_ceil(f reading_frequency_enum, tz text, t timestamptz)
-RETURNS timestamptz LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN reading_slot_start(f, tz, t) = t THEN t ELSE reading_slot_end(f, tz, t) END
 $$;
 

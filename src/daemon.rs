@@ -205,6 +205,7 @@ async fn seed_last_readings(db: Db) {
     match silence::seed(&db).await {
         Ok(s) => tracing::info!(
             entities = s.entities,
+            partitions = s.partitions,
             duration_ms = s.elapsed.as_millis() as u64,
             "last readings seeded"
         ),

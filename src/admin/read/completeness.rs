@@ -221,18 +221,23 @@ pub const SITE: &str = "
     )
     SELECT jsonb_build_object('meter_id', mt.id, 'external_id', mt.external_id,
                'name', mt.name, 'reading_frequency', mt.f,
-               'expected', x.expected, 'present', x.present),
-           x.expected, x.present
-    FROM mt CROSS JOIN LATERAL (
-        SELECT reading_slots_between(mt.f, mt.tz, w.lo, w.hi) AS expected,
-               (SELECT count(DISTINCT reading_slot_start(mt.f, mt.tz, r.ts))
-                FROM measurements r
-                WHERE r.entity_type = 'meter' AND r.entity_id = mt.id AND r.metric = $2
-                  AND r.ts >= w.lo AND r.ts < w.hi) AS present
+               'expected', w.expected, 'present', p.present),
+           w.expected, p.present
+    FROM mt
+    CROSS JOIN LATERAL (
+        SELECT b.lo, b.hi, reading_slots_between(mt.f, mt.tz, b.lo, b.hi) AS expected
         FROM (SELECT a.lo, greatest(a.lo, a.hi) AS hi
               FROM (SELECT reading_slot_ceil(mt.f, mt.tz, $3) AS lo,
-                           reading_slot_ceil(mt.f, mt.tz, $4) AS hi) a) w
-    ) x
+                           reading_slot_ceil(mt.f, mt.tz, $4) AS hi) a) b
+    ) w
+    -- An aggregate in a LATERAL join, not a scalar subquery: it is not pulled up into the
+    -- select list, where each mention would scan the readings again (measured: twice).
+    CROSS JOIN LATERAL (
+        SELECT count(DISTINCT reading_slot_start(mt.f, mt.tz, r.ts)) AS present
+        FROM measurements r
+        WHERE r.entity_type = 'meter' AND r.entity_id = mt.id AND r.metric = $2
+          AND r.ts >= w.lo AND r.ts < w.hi
+    ) p
     ORDER BY mt.name, mt.id";
 
 async fn site(
