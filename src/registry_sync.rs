@@ -1,7 +1,7 @@
 //! Keeps the in-memory [`Registry`] in step with the database: a full load at start, a reload on
 //! every `enalysis_registry` notification (triggers on portfolios / sites / meters / assets /
-//! energy_sources), and a
-//! periodic reload as a safety net for notifications missed while the listener reconnects.
+//! energy_sources), and a periodic reload as a safety net for notifications missed while the
+//! listener reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
