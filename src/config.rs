@@ -41,6 +41,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub ingest: IngestConfig,
     pub registry: RegistryConfig,
+    pub completeness: CompletenessConfig,
     pub partitions: PartitionsConfig,
     pub http: HttpConfig,
     pub admin: AdminConfig,
@@ -159,6 +160,20 @@ pub struct IngestConfig {
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
     pub refresh_interval_secs: u64,
+}
+
+/// Silence and completeness (CONTRACT.md §7).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletenessConfig {
+    /// An entity is silent when its last reading was received longer ago than this many times
+    /// its reading frequency.
+    pub silence_factor: f64,
+    /// How often the last readings gathered from committed batches go to
+    /// `entity_last_readings`.
+    pub flush_interval_ms: u64,
+    /// How often `ingest_entities_silent` is recounted from the database.
+    pub gauge_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -338,6 +353,21 @@ impl Config {
         }
         if self.registry.refresh_interval_secs == 0 {
             return invalid("registry.refresh_interval_secs", "must be above 0".into());
+        }
+        let c = &self.completeness;
+        if !(c.silence_factor > 0.0 && c.silence_factor <= 1000.0) {
+            return invalid(
+                "completeness.silence_factor",
+                "must be above 0 and at most 1000".into(),
+            );
+        }
+        // The list and the gauge are at most 10 s behind (CONTRACT.md §7): a flush and a
+        // recount must both fit in that.
+        if c.flush_interval_ms == 0 || c.flush_interval_ms > 5000 {
+            return invalid("completeness.flush_interval_ms", "must be 1 to 5000".into());
+        }
+        if c.gauge_interval_secs == 0 || c.gauge_interval_secs > 5 {
+            return invalid("completeness.gauge_interval_secs", "must be 1 to 5".into());
         }
         let p = &self.partitions;
         if p.retention_days != 0 && u64::from(p.retention_days) < i.max_age_days {

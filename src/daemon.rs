@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::mqtt::{self, IntakeControl};
 use crate::registry_sync;
+use crate::silence::{self, LastReadings};
 use crate::validate::Limits;
 use crate::write::{self, Writer};
 
@@ -51,7 +52,10 @@ pub async fn run(
         http_addr,
         &config.admin.token,
         metrics,
-        db.clone(),
+        crate::admin::AdminState {
+            db: db.clone(),
+            silence_factor: config.completeness.silence_factor,
+        },
         link.clone(),
         http_stop.clone(),
     )
@@ -78,6 +82,9 @@ pub async fn run(
         tracing::error!(error = %format!("{e:#}"), "creating measurement partitions failed");
     }
     tokio::spawn(partitions.run_forever(db.clone(), shutdown.clone()));
+    // In the background: ingestion need not wait, and the flushes' GREATEST makes the order
+    // of the two irrelevant.
+    tokio::spawn(seed_last_readings(db.clone()));
 
     let Some(registry) = registry_sync::start(
         db.clone(),
@@ -133,10 +140,28 @@ pub async fn run(
             log_every: Duration::from_secs(config.log.rejection_summary_secs),
         },
     ));
+    let last_readings = Arc::new(LastReadings::default());
+    let completeness = &config.completeness;
+    // Awaited in the drain: its last flush, after the writer's last commit, must finish before
+    // the process exits.
+    let flusher = tokio::spawn(silence::flush_loop(
+        last_readings.clone(),
+        db.clone(),
+        Duration::from_millis(completeness.flush_interval_ms),
+        writer_done.clone(),
+        abort.clone(),
+    ));
+    tokio::spawn(silence::gauge_loop(
+        db.clone(),
+        completeness.silence_factor,
+        Duration::from_secs(completeness.gauge_interval_secs),
+        shutdown.clone(),
+    ));
     let writer = tokio::spawn(write::run(
         Writer::new(db.clone(), ingest),
         batch_rx,
         intake.acker.clone(),
+        last_readings,
         abort.clone(),
         writer_done.clone(),
     ));
@@ -156,6 +181,7 @@ pub async fn run(
     let drain = async {
         let _ = batcher.await;
         let _ = writer.await;
+        let _ = flusher.await;
         let _ = mqtt_task.await;
     };
     let exit = tokio::select! {
@@ -173,6 +199,19 @@ pub async fn run(
         exit
     };
     Ok(exit)
+}
+
+async fn seed_last_readings(db: Db) {
+    match silence::seed(&db).await {
+        Ok(s) => tracing::info!(
+            entities = s.entities,
+            partitions = s.partitions,
+            duration_ms = s.elapsed.as_millis() as u64,
+            "last readings seeded"
+        ),
+        // Not fatal: those entities count from their creation until their next reading.
+        Err(e) => tracing::warn!(error = %e, "seeding the last readings failed"),
+    }
 }
 
 /// Waits until the database answers (it may still be starting). False if shut down first; an

@@ -29,10 +29,11 @@ pub async fn serve(
     addr: SocketAddr,
     admin_token: &str,
     metrics: Option<PrometheusHandle>,
-    db: Db,
+    admin: crate::admin::AdminState,
     link: Arc<Link>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
+    let db = admin.db.clone();
     // `addr` comes from `Config::listen_addr`, which applies the listen rule.
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -60,10 +61,7 @@ pub async fn serve(
         })
         // A panic is a JSON 500, not a dropped connection; the admin router has its own.
         .route_layer(crate::admin::catch_panic())
-        .merge(crate::admin::router(
-            crate::admin::AdminState { db },
-            admin_token.to_string(),
-        ));
+        .merge(crate::admin::router(admin, admin_token.to_string()));
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

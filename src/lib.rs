@@ -38,6 +38,7 @@ pub mod locks;
 pub mod migrate;
 pub mod partitions;
 pub mod seed;
+pub mod silence;
 pub mod simulate;
 
 // Wiring: the configuration, the daemon, the command line, and `top` beside it.

@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_rejected_messages"),
     migration!(5, "0005_text_limits"),
     migration!(6, "0006_corrections"),
+    migration!(7, "0007_completeness"),
 ];
 
 /// Held for the whole run, so a second migrator waits instead of racing.

@@ -1,6 +1,7 @@
 //! Keeps the in-memory [`Registry`] in step with the database: a full load at start, a reload on
-//! every `enalysis_registry` notification (triggers on meters / assets / energy_sources), and a
-//! periodic reload as a safety net for notifications missed while the listener reconnects.
+//! every `enalysis_registry` notification (triggers on portfolios / sites / meters / assets /
+//! energy_sources), and a periodic reload as a safety net for notifications missed while the
+//! listener reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,17 +19,10 @@ use crate::telemetry::names;
 
 pub const CHANNEL: &str = "enalysis_registry";
 
-/// Active entities with the category of their meter. An asset or energy source of an inactive
-/// meter is not active either.
+/// Active entities (all the way up: the entity, its meter, its site and its portfolio; the view
+/// of `0007_completeness.sql`) with the category of their meter.
 const LOAD: &str = "
-    SELECT 'meter'::entity_type_enum, m.id, m.external_id, m.category, false
-    FROM meters m WHERE m.active
-    UNION ALL
-    SELECT 'asset', a.id, a.external_id, m.category, false
-    FROM assets a JOIN meters m ON m.id = a.meter_id WHERE a.active AND m.active
-    UNION ALL
-    SELECT 'energy_source', e.id, e.external_id, m.category, e.kind = 'battery'
-    FROM energy_sources e JOIN meters m ON m.id = e.meter_id WHERE e.active AND m.active";
+    SELECT entity_type, id, external_id, category, is_battery FROM active_entities";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -50,6 +50,20 @@ pub struct SimulateArgs {
     /// successive readings of one device (a gateway that buffers).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub per_message: u16,
+    /// Share of meters (0 to 1) left quiet, with their energy sources: they publish nothing, so
+    /// they turn up in `GET /api/v1/silent` once completeness.silence_factor x their frequency
+    /// has passed. The same meters every run (the first ones by id).
+    #[arg(long, default_value_t = 0.0)]
+    pub silent: f64,
+}
+
+/// The meters `--silent` keeps quiet: the first `share` of them by id, so a demo is
+/// repeatable.
+fn quiet_meters(meters: &[Uuid], share: f64) -> std::collections::HashSet<Uuid> {
+    let mut sorted = meters.to_vec();
+    sorted.sort_unstable();
+    let n = (share * sorted.len() as f64).round() as usize;
+    sorted.into_iter().take(n).collect()
 }
 
 /// One simulated device.
@@ -80,15 +94,17 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         (0.0..=1.0).contains(&args.corrections),
         "--corrections must be between 0 and 1"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.silent),
+        "--silent must be between 0 and 1"
+    );
     let db = Db::new(&config.database)?;
     let client = db.get().await?;
     let rows = client
         .query(
-            "SELECT 'meters', m.id, m.category::text, false FROM meters m WHERE m.active
-             UNION ALL
-             SELECT 'energy-sources', e.id, m.category::text, e.kind = 'battery'
-             FROM energy_sources e JOIN meters m ON m.id = e.meter_id
-             WHERE e.active AND m.active
+            "SELECT CASE entity_type WHEN 'meter' THEN 'meters' ELSE 'energy-sources' END,
+                    id, category::text, is_battery, meter_id
+             FROM active_entities WHERE entity_type <> 'asset'
              ORDER BY 2",
             &[],
         )
@@ -99,6 +115,28 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         !rows.is_empty(),
         "no active meters or energy sources in the database: provision an inventory first"
+    );
+    let meters: Vec<Uuid> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(0) == "meters")
+        .map(|r| r.get(1))
+        .collect();
+    let quiet = quiet_meters(&meters, args.silent);
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| !quiet.contains(&r.get::<_, Uuid>(4)))
+        .collect();
+    if !quiet.is_empty() {
+        println!(
+            "leaving {} of {} meters quiet (--silent)",
+            quiet.len(),
+            meters.len()
+        );
+    }
+    anyhow::ensure!(
+        !rows.is_empty(),
+        "--silent {} leaves nothing to publish",
+        args.silent
     );
     let prefix = &config.mqtt.topic_prefix;
     // Simulated time runs at real time, or faster when a device gets more than one message per
@@ -414,4 +452,22 @@ fn invalid_message(
         ]),
     };
     (d.topic.clone(), body.to_string().into_bytes(), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quiet_share_is_rounded_and_the_same_meters_every_time() {
+        let ids: Vec<Uuid> = (1..=10u128).rev().map(Uuid::from_u128).collect();
+        assert!(quiet_meters(&ids, 0.0).is_empty());
+        assert_eq!(quiet_meters(&ids, 1.0).len(), 10);
+        let q = quiet_meters(&ids, 0.25);
+        // 2.5 rounds to 3: the three smallest ids, whatever the order they came in.
+        assert_eq!(q.len(), 3);
+        for i in 1..=3u128 {
+            assert!(q.contains(&Uuid::from_u128(i)));
+        }
+    }
 }

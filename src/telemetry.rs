@@ -45,6 +45,11 @@ pub mod names {
     pub const DB_POOL_CONNECTIONS: &str = "ingest_db_pool_connections";
     pub const DB_POOL_WAITING: &str = "ingest_db_pool_waiting";
     pub const MQTT_RECONNECTS: &str = "ingest_mqtt_reconnects_total";
+    /// Label `kind`: `meter`, `asset`, `energy_source`. Counted from the database, so every
+    /// daemon of a shared group reports the same value (CONTRACT.md §7).
+    pub const ENTITIES_SILENT: &str = "ingest_entities_silent";
+    /// Entities whose last reading went to `entity_last_readings`, per flush.
+    pub const LAST_READINGS_FLUSHED: &str = "ingest_last_readings_flushed_total";
     pub const REGISTRY_REFRESHED: &str = "ingest_registry_last_refresh_timestamp_seconds";
     // Process basics, with the names Prometheus client libraries use.
     pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";

@@ -40,6 +40,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AdminState {
     pub db: Db,
+    /// `completeness.silence_factor`, for `GET /api/v1/silent`.
+    pub silence_factor: f64,
 }
 
 /// An API error, rendered as `{"error": {"code": "...", "message": "...", "field": "..."|null}}`.

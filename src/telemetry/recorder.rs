@@ -35,6 +35,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
         names::MQTT_RECONNECTS,
         names::PARTITIONS_CREATED,
         names::PARTITIONS_DROPPED,
+        names::LAST_READINGS_FLUSHED,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -96,6 +97,14 @@ fn describe() {
     describe_gauge!(
         names::REGISTRY_ENTITIES,
         "Active meters, assets and energy sources known"
+    );
+    describe_gauge!(
+        names::ENTITIES_SILENT,
+        "Active entities silent for longer than completeness.silence_factor x their reading frequency, by kind"
+    );
+    describe_counter!(
+        names::LAST_READINGS_FLUSHED,
+        "Entities whose last reading was written to entity_last_readings"
     );
     describe_counter!(names::PARTITIONS_CREATED, "measurements partitions created");
     describe_counter!(

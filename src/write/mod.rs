@@ -403,6 +403,7 @@ pub async fn run(
     mut writer: Writer,
     mut batches: mpsc::Receiver<Batch>,
     acker: Acker,
+    last: std::sync::Arc<crate::silence::LastReadings>,
     abort: CancellationToken,
     done: CancellationToken,
 ) {
@@ -416,6 +417,11 @@ pub async fn run(
             return;
         };
         let acks = acker.ack_all(&batch.acks);
+        // Silence (crate::silence); a batch with refused rows (rare) is skipped, not guessed at.
+        // A superseded reading counts: the entity was heard from.
+        if written.refused == 0 {
+            last.record(&batch.accepted);
+        }
         // A correction is an accepted reading too: it is what the key holds now.
         metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted + written.corrected);
         metrics::counter!(names::READINGS_CORRECTED).increment(written.corrected);

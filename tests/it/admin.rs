@@ -68,6 +68,7 @@ fn state(db_url: &str) -> AdminState {
         .expect("config");
     AdminState {
         db: Db::new(&cfg.database).expect("pool"),
+        silence_factor: cfg.completeness.silence_factor,
     }
 }
 

@@ -31,8 +31,9 @@ const DASHBOARD: &str = crate::dashboard::DASHBOARD;
 const DEPLOY_README: &str = "deploy/README.md";
 
 /// The alerts an operator relies on; renaming one breaks their routing.
-const REQUIRED_ALERTS: [&str; 6] = [
+const REQUIRED_ALERTS: [&str; 7] = [
     "IngestDown",
+    "EntitiesSilent",
     "MqttDisconnected",
     "DatabaseErrors",
     "RejectionRateHigh",
@@ -349,8 +350,9 @@ fn assert_known_metrics(
 }
 
 /// What issue #16 puts on the dashboard: every stage of a reading's path, the broker, the
-/// database and the process. (Corrections and silent entities have no metric yet.)
-const DASHBOARD_METRICS: [&str; 18] = [
+/// database and the process; and, from issue #14, the silent entities. (Corrections have no
+/// panel yet.)
+const DASHBOARD_METRICS: [&str; 19] = [
     names::MESSAGES_RECEIVED,
     names::READINGS_ACCEPTED,
     names::READINGS_REJECTED,
@@ -369,6 +371,7 @@ const DASHBOARD_METRICS: [&str; 18] = [
     names::DB_POOL_WAITING,
     names::PROCESS_RESIDENT_MEMORY,
     names::PROCESS_CPU_SECONDS,
+    names::ENTITIES_SILENT,
 ];
 
 #[test]

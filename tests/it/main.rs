@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod common;
+mod completeness;
 mod corrections;
 mod dashboard;
 mod deploy;

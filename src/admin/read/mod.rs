@@ -16,7 +16,12 @@ use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+mod completeness;
 mod revisions;
+mod silent;
+
+/// The site completeness query, for the benchmark's `EXPLAIN`.
+pub use completeness::SITE as SITE_COMPLETENESS_SQL;
 
 use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
@@ -104,6 +109,8 @@ pub fn all() -> Vec<ReadRoute> {
         errors: &["400", "503"],
         handler: get(rejections),
     });
+    routes.extend(silent::routes());
+    routes.extend(completeness::routes());
     routes
 }
 
@@ -138,6 +145,8 @@ pub enum Accepts {
     Bucket,
     /// 1 to [`MAX_LIMIT`], with this default.
     Limit { default: i64 },
+    /// An entity kind: `meter`, `asset`, `energy_source`.
+    Kind,
 }
 
 /// One query parameter of a read route.
@@ -217,6 +226,10 @@ impl Accepts {
             }
             Accepts::Time => json!({"type": "string", "format": "date-time"}),
             Accepts::Bucket => json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+            Accepts::Kind => {
+                let kinds: Vec<&str> = EntityKind::ALL.iter().map(|k| k.as_str()).collect();
+                json!({"type": "string", "enum": kinds})
+            }
             Accepts::Limit { default } => {
                 json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default})
             }
@@ -224,12 +237,12 @@ impl Accepts {
     }
 }
 
-pub fn query_error(e: QueryRejection) -> ApiError {
+pub(super) fn query_error(e: QueryRejection) -> ApiError {
     ApiError::bad_request("query", e.body_text())
 }
 
 /// The `{id}` of a route under one row, as a UUID (else 400).
-pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+pub(super) fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     // Not even text (invalid UTF-8): the same JSON 400 as any other non-UUID.
     let Path(id) =
         id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
@@ -237,7 +250,7 @@ pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError
 }
 
 /// 404 unless `table` has a row `id` (active or not: its history is still there).
-pub async fn exists(
+pub(super) async fn exists(
     client: &crate::db::Client,
     kind: EntityKind,
     table: &str,
@@ -263,7 +276,10 @@ pub struct MeasurementQuery {
     limit: Option<i64>,
 }
 
-pub fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn parse_time(
+    field: &str,
+    raw: &Option<String>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.as_deref()
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
@@ -296,7 +312,7 @@ fn parse_bucket(raw: &str) -> Result<i64, ApiError> {
     Ok(secs)
 }
 
-pub fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
+pub(super) fn limit(raw: Option<i64>, default: i64) -> Result<i64, ApiError> {
     match raw {
         None => Ok(default),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -419,7 +435,7 @@ async fn rejections(
 
 /// Column 0 of each row, a `jsonb_build_object`, as JSON. Rows can come from other writers (a
 /// jsonb number beyond f64 does not decode): a logged 500, never a panic.
-pub fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
+pub(super) fn json_rows(rows: &[Row]) -> Result<Vec<Value>, ApiError> {
     rows.iter()
         .map(|r| {
             r.try_get(0).map_err(|e| {

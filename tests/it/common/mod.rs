@@ -24,6 +24,7 @@ mod prometheus;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // the completeness benchmark does not use it
 pub use broker::Broker;
 #[allow(unused_imports)] // re-exported for the test modules
 pub use certs::{TestPki, run_checked};
