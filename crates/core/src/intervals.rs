@@ -101,7 +101,11 @@ pub fn aligned(
     let (from_us, to_us) = (from.timestamp_micros(), to.timestamp_micros());
     // The first aligned instant at or after `from` (div_euclid: before 1970 too).
     let first = from_us.div_euclid(step_us) * step_us
-        + if from_us.rem_euclid(step_us) == 0 { 0 } else { step_us };
+        + if from_us.rem_euclid(step_us) == 0 {
+            0
+        } else {
+            step_us
+        };
     if first >= to_us {
         return Ok(Vec::new());
     }
@@ -421,7 +425,10 @@ mod tests {
             .iter()
             .map(|i| i.map(|i| (round(i.energy), i.quality, i.readings)))
             .collect();
-        let want: Vec<Want> = want.iter().map(|w| w.map(|(e, q, n)| (round(e), q, n))).collect();
+        let want: Vec<Want> = want
+            .iter()
+            .map(|w| w.map(|(e, q, n)| (round(e), q, n)))
+            .collect();
         assert_eq!(got, want, "{name}");
     }
 
@@ -543,7 +550,12 @@ mod tests {
                 max: 10
             })
         );
-        let far = aligned(at("0001-01-01T00:00:00Z"), at("9999-01-01T00:00:00Z"), q, 10);
+        let far = aligned(
+            at("0001-01-01T00:00:00Z"),
+            at("9999-01-01T00:00:00Z"),
+            q,
+            10,
+        );
         assert!(far.is_err());
     }
 
@@ -557,7 +569,11 @@ mod tests {
             at("2026-03-29T22:00:00Z"),
             at("2026-03-30T22:00:00Z"),
         ];
-        let days = within(spring, at("2026-03-28T12:00:00Z"), at("2026-03-29T23:00:00Z"));
+        let days = within(
+            spring,
+            at("2026-03-28T12:00:00Z"),
+            at("2026-03-29T23:00:00Z"),
+        );
         assert_eq!(days, spring[1..].to_vec());
         // Hourly readings rising 1 kWh an hour: the short day has 23, the next one 24.
         let hourly = |from: &str, hours: i64| {
@@ -574,11 +590,19 @@ mod tests {
             TimeDelta::hours(2),
             None,
         );
-        let got: Vec<(f64, u64)> = got.iter().flatten().map(|i| (i.energy, i.readings)).collect();
+        let got: Vec<(f64, u64)> = got
+            .iter()
+            .flatten()
+            .map(|i| (i.energy, i.readings))
+            .collect();
         assert_eq!(got, vec![(23.0, 23), (24.0, 24)]);
 
         let autumn = [at("2026-10-24T22:00:00Z"), at("2026-10-25T23:00:00Z")];
-        let days = within(autumn, at("2026-10-24T22:00:00Z"), at("2026-10-25T00:00:00Z"));
+        let days = within(
+            autumn,
+            at("2026-10-24T22:00:00Z"),
+            at("2026-10-25T00:00:00Z"),
+        );
         let got = intervals(
             hourly("2026-10-24T21:00:00Z", 30),
             days,
@@ -592,13 +616,26 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(25.0, G, 25)]);
         // A window that holds no complete interval's start.
-        assert!(within(spring, at("2026-03-28T23:00:01Z"), at("2026-03-29T12:00:00Z")).is_empty());
+        assert!(
+            within(
+                spring,
+                at("2026-03-28T23:00:01Z"),
+                at("2026-03-29T12:00:00Z")
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn readings_out_of_order_are_ignored_and_counted() {
         let mut acc = Accumulator::new(vec![t(0.0), t(15.0)], TimeDelta::minutes(30), None);
-        for (m, v) in [(0.0, 1.0), (10.0, 2.0), (5.0, 9.0), (10.0, 3.0), (15.0, 4.0)] {
+        for (m, v) in [
+            (0.0, 1.0),
+            (10.0, 2.0),
+            (5.0, 9.0),
+            (10.0, 3.0),
+            (15.0, 4.0),
+        ] {
             acc.push(Sample {
                 ts: t(m),
                 value: v,

@@ -20,6 +20,8 @@ use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
 
+pub mod intervals;
+
 /// The tables whose rows have readings, with the entity kind of `measurements.entity_type`.
 pub const ENTITY_TABLES: [(EntityKind, &str); 3] = [
     (EntityKind::Meter, "meters"),
@@ -101,6 +103,7 @@ pub fn all() -> Vec<ReadRoute> {
         errors: &["400", "503"],
         handler: get(rejections),
     });
+    routes.extend(intervals::routes());
     routes
 }
 
@@ -133,6 +136,8 @@ pub enum Accepts {
     Time,
     /// A bucket width ([`parse_bucket`]).
     Bucket,
+    /// An interval period of [`crate::intervals::Period`], default `15m`.
+    Period,
     /// 1 to [`MAX_LIMIT`], with this default.
     Limit { default: i64 },
 }
@@ -214,6 +219,13 @@ impl Accepts {
             }
             Accepts::Time => json!({"type": "string", "format": "date-time"}),
             Accepts::Bucket => json!({"type": "string", "pattern": "^0*[1-9][0-9]*[smhd]?$"}),
+            Accepts::Period => {
+                let periods: Vec<&str> = crate::intervals::Period::ALL
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect();
+                json!({"type": "string", "enum": periods, "default": "15m"})
+            }
             Accepts::Limit { default } => {
                 json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default})
             }
