@@ -131,10 +131,11 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                 .get::<_, Option<&str>>(4)
                 .and_then(|s| s.trim().parse::<f64>().ok())
                 .filter(|m| m.is_finite() && *m > 0.0);
-            // A new register starts just below its maximum (about a minute of its nominal
-            // power), so that it rolls over soon.
+            // A new register starts a quarter of an hour of its nominal power below its maximum:
+            // it rolls over soon, yet after the first complete 15-minute interval (one needs a
+            // reading at or before its start).
             let fresh =
-                register_max.map_or(1000.0 * (i + 1) as f64, |m| (m - scale / 60.0).max(0.0));
+                register_max.map_or(1000.0 * (i + 1) as f64, |m| (m - scale / 4.0).max(0.0));
             Device {
                 topic: format!("{prefix}/{kind}/{id}/readings"),
                 category: r.get(2),

@@ -406,6 +406,9 @@ mod tests {
     /// Energy (compared rounded to 1e-9), quality, readings; `None`: absent.
     type Want = Option<(f64, Quality, u64)>;
 
+    /// Name, readings, register_max, the intervals wanted.
+    type Case<'a> = (&'a str, &'a [R], Option<f64>, &'a [Want]);
+
     /// Readings every `(minute, value, quality)`, 15-minute boundaries at the given minutes,
     /// a 15min meter (good gaps up to 30 min).
     fn check(name: &str, readings: &[R], bounds: &[f64], register_max: Option<f64>, want: &[Want]) {
@@ -436,7 +439,7 @@ mod tests {
     fn interval_energy_follows_contract_section_7() {
         let b = [0.0, 15.0, 30.0, 45.0];
         #[rustfmt::skip]
-        let cases: &[(&str, &[R], Option<f64>, &[Want])] = &[
+        let cases: &[Case] = &[
             ("readings on every boundary",
              &[(0.0, 100.0, G), (15.0, 101.0, G), (30.0, 103.0, G), (45.0, 106.0, G)], None,
              &[Some((1.0, G, 1)), Some((2.0, G, 1)), Some((3.0, G, 1))]),
