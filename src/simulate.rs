@@ -143,8 +143,9 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                 scale,
                 energy_kwh: r.get::<_, Option<f64>>(5).unwrap_or(fresh),
                 register_max,
-                // Staggered, so devices are not all exchanged at once.
-                exchange_in: EXCHANGE_EVERY - (i as u64 * 1_237) % EXCHANGE_EVERY,
+                // Staggered, so devices are not all exchanged at once, and the first one a fifth
+                // of the period in, not at the start.
+                exchange_in: EXCHANGE_EVERY / 5 + (i as u64 * 1_237) % EXCHANGE_EVERY,
                 soc: 50.0,
                 next_ts: start,
             }
@@ -313,9 +314,13 @@ fn reading_message(d: &mut Device, step_ms: i64, single: bool) -> (Vec<u8>, u64)
         d.energy_kwh -= max;
     }
     d.exchange_in -= 1;
+    // A register with a maximum is there to roll over: never exchanged, since a fall from near
+    // its maximum to 0 would read as a rollover anyway (CONTRACT §7).
     if d.exchange_in == 0 {
         d.exchange_in = EXCHANGE_EVERY;
-        d.energy_kwh = 0.0;
+        if d.register_max.is_none() {
+            d.energy_kwh = 0.0;
+        }
     }
     d.soc = (d.soc - power * dt_h / d.scale * 10.0).clamp(0.0, 100.0);
     let ts_ms = ts.timestamp_millis();
