@@ -10,7 +10,7 @@ pub mod mqtt;
 
 // judged against the registry snapshot by the pure core (its own crate, `crates/core`),
 pub use enalysis_core::{catalogue, model, registry};
-pub use enalysis_core::{decode, validate};
+pub use enalysis_core::{decode, intervals, validate};
 
 pub mod registry_sync;
 

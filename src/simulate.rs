@@ -1,7 +1,9 @@
 //! `enalysis-ingest simulate`: a gateway simulator and load generator. Publishes readings for the
 //! active meters and energy sources in the database: daily load curves, solar production, a
-//! battery that charges at noon and discharges in the evening, and energy registers that only go
-//! up. Optionally a share of invalid readings, one contract reason after another.
+//! battery that charges at noon and discharges in the evening, and energy registers that go up,
+//! roll over at a meter's `metadata.register_max` and restart from 0 at an occasional meter
+//! exchange (CONTRACT §7 intervals go through both). Optionally a share of invalid readings, one
+//! contract reason after another.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,10 +77,18 @@ struct Device {
     /// Nominal power in kW, varied per device so curves differ.
     scale: f64,
     energy_kwh: f64,
+    /// The meter's `metadata.register_max`: the register rolls over to 0 there.
+    register_max: Option<f64>,
+    /// Readings until this device's meter is exchanged (its register restarts from 0).
+    exchange_in: u64,
     soc: f64,
     /// Simulated time of this device's next reading.
     next_ts: DateTime<Utc>,
 }
+
+/// A device's meter is exchanged (its energy register restarts from 0) once every this many of
+/// its readings: at `scripts/dev run`'s rate about every 25 minutes per device.
+const EXCHANGE_EVERY: u64 = 5_000;
 
 /// The reasons cycled through by `--invalid-share`; each payload triggers exactly that reason.
 const INVALID: &[crate::model::Reason] = &crate::model::Reason::ALL;
@@ -102,9 +112,15 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     let client = db.get().await?;
     let rows = client
         .query(
-            "SELECT CASE entity_type WHEN 'meter' THEN 'meters' ELSE 'energy-sources' END,
-                    id, category::text, is_battery, meter_id
-             FROM active_entities WHERE entity_type <> 'asset'
+            // Active all the way up; with each device's last stored energy reading, so that a
+            // restarted simulator continues its registers instead of making them jump.
+            "SELECT CASE a.entity_type WHEN 'meter' THEN 'meters' ELSE 'energy-sources' END,
+                    a.id, a.category::text, a.is_battery, a.meter_id,
+                    CASE WHEN a.entity_type = 'meter' THEN m.metadata->>'register_max' END,
+                    (SELECT value FROM measurements WHERE entity_type = a.entity_type
+                       AND entity_id = a.id AND metric = 'energy' ORDER BY ts DESC LIMIT 1)
+             FROM active_entities a JOIN meters m ON m.id = a.meter_id
+             WHERE a.entity_type <> 'asset'
              ORDER BY 2",
             &[],
         )
@@ -156,12 +172,26 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         .map(|(i, r)| {
             let kind: &str = r.get(0);
             let id: Uuid = r.get(1);
+            let scale = 50.0 + (i % 7) as f64 * 25.0;
+            let register_max = r
+                .get::<_, Option<&str>>(5)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|m| m.is_finite() && *m > 0.0);
+            // A new register starts a quarter of an hour of its nominal power below its maximum:
+            // it rolls over soon, yet after the first complete 15-minute interval (one needs a
+            // reading at or before its start).
+            let fresh =
+                register_max.map_or(1000.0 * (i + 1) as f64, |m| (m - scale / 4.0).max(0.0));
             Device {
                 topic: format!("{prefix}/{kind}/{id}/readings"),
                 category: r.get(2),
                 battery: r.get(3),
-                scale: 50.0 + (i % 7) as f64 * 25.0,
-                energy_kwh: 1000.0 * (i + 1) as f64,
+                scale,
+                energy_kwh: r.get::<_, Option<f64>>(6).unwrap_or(fresh),
+                register_max,
+                // Staggered, so devices are not all exchanged at once, and the first one a fifth
+                // of the period in, not at the start.
+                exchange_in: EXCHANGE_EVERY / 5 + (i as u64 * 1_237) % EXCHANGE_EVERY,
                 soc: 50.0,
                 next_ts: start,
             }
@@ -381,6 +411,20 @@ fn reading_message(d: &mut Device, step_ms: i64, single: bool) -> (Vec<u8>, u64)
     };
     let dt_h = step_ms as f64 / 3_600_000.0;
     d.energy_kwh += power.abs() * dt_h;
+    if let Some(max) = d.register_max
+        && d.energy_kwh >= max
+    {
+        d.energy_kwh -= max;
+    }
+    d.exchange_in -= 1;
+    // A register with a maximum is there to roll over: never exchanged, since a fall from near
+    // its maximum to 0 would read as a rollover anyway (CONTRACT §7).
+    if d.exchange_in == 0 {
+        d.exchange_in = EXCHANGE_EVERY;
+        if d.register_max.is_none() {
+            d.energy_kwh = 0.0;
+        }
+    }
     d.soc = (d.soc - power * dt_h / d.scale * 10.0).clamp(0.0, 100.0);
     let ts_ms = ts.timestamp_millis();
     let round = |x: f64| (x * 1000.0).round() / 1000.0;

@@ -12,6 +12,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod ingest;
+mod intervals;
 mod properties;
 mod provision;
 mod recovery;

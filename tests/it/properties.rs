@@ -1,11 +1,12 @@
-//! Property tests of the pure core (`validate::judge`): whatever the bytes, no panic, and every
-//! reading ends up accepted (finite, canonical, within bounds) or rejected with one reason.
+//! Property tests of the pure core: `validate::judge` (whatever the bytes, no panic, and every
+//! reading ends up accepted — finite, canonical, within bounds — or rejected with one reason) and
+//! `intervals` (interval energies add up to the register's rise, and are never negative).
 
 use chrono::{DateTime, Duration, Utc};
-use enalysis_ingest::catalogue;
-use enalysis_ingest::model::Outcome;
+use enalysis_ingest::model::{Outcome, Quality};
 use enalysis_ingest::registry::Registry;
 use enalysis_ingest::validate::{Context, Limits, judge};
+use enalysis_ingest::{catalogue, intervals};
 use proptest::prelude::*;
 
 /// The registry shared with validate's unit tests and the fuzz target.
@@ -217,5 +218,89 @@ fn hostile_payloads_are_rejected_not_stored() {
         check_invariants(&out);
         assert!(out.accepted.is_empty(), "{what}: {:?}", out.accepted);
         assert!(!out.rejected.is_empty(), "{what}");
+    }
+}
+
+/// Readings of a register: successive gaps (1 s to 1 h) and values, from 2026-03-01T00:07Z.
+fn register_readings(steps: &[(i64, f64, u8)]) -> Vec<intervals::Sample> {
+    let mut ts = DateTime::parse_from_rfc3339("2026-03-01T00:07:00Z")
+        .expect("instant")
+        .with_timezone(&Utc);
+    let qualities = [Quality::Good, Quality::Estimated, Quality::Bad];
+    steps
+        .iter()
+        .map(|&(gap, value, q)| {
+            ts += Duration::seconds(gap);
+            intervals::Sample {
+                ts,
+                value,
+                quality: qualities[usize::from(q) % 3],
+            }
+        })
+        .collect()
+}
+
+/// The raw register interpolated linearly in time at `t` (within the readings).
+fn interpolated(readings: &[intervals::Sample], t: DateTime<Utc>) -> f64 {
+    let k = readings.partition_point(|r| r.ts <= t);
+    let a = readings[k - 1];
+    let Some(b) = readings.get(k) else {
+        return a.value;
+    };
+    let span = (b.ts - a.ts).num_milliseconds() as f64;
+    a.value + (b.value - a.value) * (t - a.ts).num_milliseconds() as f64 / span
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Without falls (so without glitches, resets or rollovers), the energies of a window's
+    /// intervals add up to the register's interpolated rise over the window.
+    #[test]
+    fn without_resets_interval_energies_add_up_to_the_registers_rise(
+        steps in proptest::collection::vec((1i64..3_600, 0.0f64..50.0, 0u8..3), 2..300),
+        hourly in any::<bool>(),
+    ) {
+        let mut value = 1_000.0;
+        let rising: Vec<(i64, f64, u8)> = steps
+            .iter()
+            .map(|&(gap, rise, q)| {
+                value += rise;
+                (gap, value, q)
+            })
+            .collect();
+        let readings = register_readings(&rising);
+        let (first, last) = (readings[0].ts, readings[readings.len() - 1].ts);
+        let step = if hourly { Duration::hours(1) } else { Duration::minutes(15) };
+        let mut bounds = intervals::aligned(first, last, step, 100_000).expect("few");
+        // Only whole intervals within the readings, so every one is present.
+        bounds.retain(|b| *b <= last);
+        prop_assume!(bounds.len() >= 2);
+        let (b0, bn) = (bounds[0], bounds[bounds.len() - 1]);
+        let got = intervals::intervals(readings.iter().copied(), bounds, Duration::minutes(30), None);
+        prop_assert!(got.iter().all(Option::is_some), "{got:?}");
+        let sum: f64 = got.iter().flatten().map(|i| i.energy).sum();
+        let rise = interpolated(&readings, bn) - interpolated(&readings, b0);
+        prop_assert!((sum - rise).abs() <= 1e-9 * rise.abs().max(1.0), "{sum} vs {rise}");
+        let counted: u64 = got.iter().flatten().map(|i| i.readings).sum();
+        let within = readings.iter().filter(|r| r.ts >= b0 && r.ts < bn).count() as u64;
+        prop_assert_eq!(counted, within);
+    }
+
+    /// Whatever the register does (falls, resets, values past register_max, negative values),
+    /// no interval's energy is negative or not finite.
+    #[test]
+    fn interval_energy_is_never_negative(
+        steps in proptest::collection::vec((1i64..3_600, -1_000.0f64..1e6, 0u8..3), 1..300),
+        register_max in proptest::option::of(1.0f64..1e6),
+    ) {
+        let readings = register_readings(&steps);
+        let (first, last) = (readings[0].ts, readings[readings.len() - 1].ts);
+        let bounds = intervals::aligned(first - Duration::hours(1), last + Duration::hours(1),
+            Duration::minutes(15), 100_000).expect("few");
+        let got = intervals::intervals(readings, bounds, Duration::minutes(30), register_max);
+        for i in got.iter().flatten() {
+            prop_assert!(i.energy >= 0.0 && i.energy.is_finite(), "{i:?}");
+        }
     }
 }

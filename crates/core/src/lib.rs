@@ -5,12 +5,14 @@
 //!
 //! In the order a reading travels: [`model`] (the types), [`catalogue`] (metrics and units),
 //! [`registry`] (the snapshot), [`decode`] → [`validate`], then [`batch`] (what the writer
-//! holds) → [`corrections`] (a key's readings decided) and [`rejections`] (rows).
+//! holds) → [`corrections`] (a key's readings decided) and [`rejections`] (rows). Beside the
+//! path, on the read side: [`intervals`] (energy per interval from a cumulative register).
 
 pub mod batch;
 pub mod catalogue;
 pub mod corrections;
 pub mod decode;
+pub mod intervals;
 pub mod model;
 pub mod registry;
 pub mod rejections;

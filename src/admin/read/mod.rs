@@ -27,6 +27,8 @@ use super::{AdminState, ApiError, schema};
 use crate::db::pg_error_message;
 use crate::model::{EntityKind, Reason};
 
+pub mod intervals;
+
 /// The tables whose rows have readings, with the entity kind of `measurements.entity_type`.
 pub const ENTITY_TABLES: [(EntityKind, &str); 3] = [
     (EntityKind::Meter, "meters"),
@@ -111,6 +113,7 @@ pub fn all() -> Vec<ReadRoute> {
     });
     routes.extend(silent::routes());
     routes.extend(completeness::routes());
+    routes.extend(intervals::routes());
     routes
 }
 
@@ -143,6 +146,8 @@ pub enum Accepts {
     Time,
     /// A bucket width ([`parse_bucket`]).
     Bucket,
+    /// An interval period of [`crate::intervals::Period`], default `15m`.
+    Period,
     /// 1 to [`MAX_LIMIT`], with this default.
     Limit { default: i64 },
     /// An entity kind: `meter`, `asset`, `energy_source`.
@@ -229,6 +234,13 @@ impl Accepts {
             Accepts::Kind => {
                 let kinds: Vec<&str> = EntityKind::ALL.iter().map(|k| k.as_str()).collect();
                 json!({"type": "string", "enum": kinds})
+            }
+            Accepts::Period => {
+                let periods: Vec<&str> = crate::intervals::Period::ALL
+                    .iter()
+                    .map(|p| p.as_str())
+                    .collect();
+                json!({"type": "string", "enum": periods, "default": "15m"})
             }
             Accepts::Limit { default } => {
                 json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": default})
