@@ -54,18 +54,19 @@ pub struct SimulateArgs {
     pub per_message: u16,
     /// Share of meters (0 to 1) left quiet, with their energy sources: they publish nothing, so
     /// they turn up in `GET /api/v1/silent` once completeness.silence_factor x their frequency
-    /// has passed. The same meters every run (the first ones by id).
+    /// has passed. The same meters every run (the first ones by external id, then id: in the
+    /// demo inventory, `demo-battery`, so the register near its maximum keeps publishing).
     #[arg(long, default_value_t = 0.0)]
     pub silent: f64,
 }
 
-/// The meters `--silent` keeps quiet: the first `share` of them by id, so a demo is
-/// repeatable.
-fn quiet_meters(meters: &[Uuid], share: f64) -> std::collections::HashSet<Uuid> {
+/// The meters `--silent` keeps quiet: the first `share` of them by (external id, id), so a
+/// demo is repeatable whatever ids the database gave.
+fn quiet_meters(meters: &[(Option<String>, Uuid)], share: f64) -> std::collections::HashSet<Uuid> {
     let mut sorted = meters.to_vec();
     sorted.sort_unstable();
     let n = (share * sorted.len() as f64).round() as usize;
-    sorted.into_iter().take(n).collect()
+    sorted.into_iter().take(n).map(|(_, id)| id).collect()
 }
 
 /// One simulated device.
@@ -118,7 +119,8 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
                     a.id, a.category::text, a.is_battery, a.meter_id,
                     CASE WHEN a.entity_type = 'meter' THEN m.metadata->>'register_max' END,
                     (SELECT value FROM measurements WHERE entity_type = a.entity_type
-                       AND entity_id = a.id AND metric = 'energy' ORDER BY ts DESC LIMIT 1)
+                       AND entity_id = a.id AND metric = 'energy' ORDER BY ts DESC LIMIT 1),
+                    a.external_id
              FROM active_entities a JOIN meters m ON m.id = a.meter_id
              WHERE a.entity_type <> 'asset'
              ORDER BY 2",
@@ -132,10 +134,10 @@ pub async fn run(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         !rows.is_empty(),
         "no active meters or energy sources in the database: provision an inventory first"
     );
-    let meters: Vec<Uuid> = rows
+    let meters: Vec<(Option<String>, Uuid)> = rows
         .iter()
         .filter(|r| r.get::<_, &str>(0) == "meters")
-        .map(|r| r.get(1))
+        .map(|r| (r.get(7), r.get(1)))
         .collect();
     let quiet = quiet_meters(&meters, args.silent);
     let rows: Vec<_> = rows
@@ -504,7 +506,10 @@ mod tests {
 
     #[test]
     fn the_quiet_share_is_rounded_and_the_same_meters_every_time() {
-        let ids: Vec<Uuid> = (1..=10u128).rev().map(Uuid::from_u128).collect();
+        let ids: Vec<(Option<String>, Uuid)> = (1..=10u128)
+            .rev()
+            .map(|i| (None, Uuid::from_u128(i)))
+            .collect();
         assert!(quiet_meters(&ids, 0.0).is_empty());
         assert_eq!(quiet_meters(&ids, 1.0).len(), 10);
         let q = quiet_meters(&ids, 0.25);
@@ -513,5 +518,11 @@ mod tests {
         for i in 1..=3u128 {
             assert!(q.contains(&Uuid::from_u128(i)));
         }
+        // By external id first.
+        let named = [
+            (Some("b".into()), Uuid::from_u128(1)),
+            (Some("a".into()), Uuid::from_u128(2)),
+        ];
+        assert_eq!(quiet_meters(&named, 0.5), [Uuid::from_u128(2)].into());
     }
 }
