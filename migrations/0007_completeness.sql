@@ -106,12 +106,16 @@ CREATE TABLE entity_last_readings (
     CONSTRAINT entity_last_readings_pkey PRIMARY KEY (entity_type, entity_id)
 );
 
--- Deleting an entity deletes its readings (0002) and now its last reading too.
+-- Deleting an entity deletes its readings (0002), their revisions (0006) and now its last
+-- reading too.
 CREATE OR REPLACE FUNCTION delete_entity_measurements() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM measurements m
     USING gone g
     WHERE m.entity_type = TG_ARGV[0]::entity_type_enum AND m.entity_id = g.id;
+    DELETE FROM measurement_revisions r
+    USING gone g
+    WHERE r.entity_type = TG_ARGV[0]::entity_type_enum AND r.entity_id = g.id;
     DELETE FROM entity_last_readings l
     USING gone g
     WHERE l.entity_type = TG_ARGV[0]::entity_type_enum AND l.entity_id = g.id;

@@ -325,6 +325,25 @@ async fn deleting_a_portfolio_deletes_everything_below_it_including_readings() {
         )
         .await
         .expect("readings");
+    // A replaced version and a last reading go with their entity too.
+    client
+        .execute(
+            "INSERT INTO measurement_revisions (entity_type, entity_id, metric, ts, value, unit,
+                 quality, received_at)
+             VALUES ('meter', $1, 'power', now(), 0.5, 'kW', 'estimated', now());
+             ",
+            &[&ids.meter],
+        )
+        .await
+        .expect("revision");
+    client
+        .execute(
+            "INSERT INTO entity_last_readings (entity_type, entity_id, last_ts, last_received_at)
+             VALUES ('asset', $1, now(), now())",
+            &[&ids.asset],
+        )
+        .await
+        .expect("last reading");
     client
         .execute("DELETE FROM portfolios WHERE id = $1", &[&ids.portfolio])
         .await
@@ -338,6 +357,8 @@ async fn deleting_a_portfolio_deletes_everything_below_it_including_readings() {
         "grid_links",
         "recommendations",
         "measurements",
+        "measurement_revisions",
+        "entity_last_readings",
     ] {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])

@@ -15,7 +15,6 @@ use axum::routing::get;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use super::{Accepts, QueryParam, ReadRoute, json_rows, parse_time, query_error};
 use crate::admin::{AdminState, ApiError, schema};
@@ -99,12 +98,6 @@ fn window(q: CompletenessQuery) -> Result<Window, ApiError> {
     Ok(Window { metric, from, to })
 }
 
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) =
-        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
-    Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))
-}
-
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
@@ -174,7 +167,7 @@ async fn meter(
     q: Result<Query<CompletenessQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    let id = path_id(id)?;
+    let id = super::path_id(id)?;
     let w = window(q)?;
     let client = state.db.get().await?;
     let row = client
@@ -246,7 +239,7 @@ async fn site(
     q: Result<Query<CompletenessQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    let id = path_id(id)?;
+    let id = super::path_id(id)?;
     let w = window(q)?;
     let client = state.db.get().await?;
     if client

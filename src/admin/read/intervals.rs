@@ -117,12 +117,6 @@ fn window(q: &IntervalQuery) -> Result<Window, ApiError> {
     Ok(Window { from, to, period })
 }
 
-fn uuid(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) =
-        id.map_err(|_| ApiError::bad_request("id", "is not a UUID (nor valid UTF-8)"))?;
-    Uuid::parse_str(&id).map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a UUID")))
-}
-
 fn too_many(e: intervals::TooMany) -> ApiError {
     ApiError::bad_request("to", format!("{e} (period)"))
 }
@@ -282,7 +276,7 @@ async fn meter(
     q: Result<Query<IntervalQuery>, QueryRejection>,
 ) -> Result<Json<MeterAnswer>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    let id = uuid(id)?;
+    let id = super::path_id(id)?;
     let w = window(&q)?;
     let client = state.db.get().await?;
     let row = client
@@ -380,7 +374,7 @@ async fn site(
     q: Result<Query<IntervalQuery>, QueryRejection>,
 ) -> Result<Json<SiteAnswer>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
-    let id = uuid(id)?;
+    let id = super::path_id(id)?;
     let w = window(&q)?;
     let client = state.db.get().await?;
     let row = client
