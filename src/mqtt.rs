@@ -47,12 +47,19 @@ pub struct Inbound {
 /// the daemon, to be stored as `unknown_topic` (or ignored, `mqtt.ignore_topics`), never lost
 /// unseen at the broker.
 pub fn filters(cfg: &MqttConfig) -> Vec<String> {
-    let filter = format!("{}/#", cfg.topic_prefix.trim_end_matches('/'));
-    vec![if cfg.shared_group.is_empty() {
+    vec![in_group(
+        cfg,
+        format!("{}/#", cfg.topic_prefix.trim_end_matches('/')),
+    )]
+}
+
+/// `filter` as subscribed: through `$share/{group}/` when `mqtt.shared_group` is set.
+fn in_group(cfg: &MqttConfig, filter: String) -> String {
+    if cfg.shared_group.is_empty() {
         filter
     } else {
         format!("$share/{}/{filter}", cfg.shared_group)
-    }]
+    }
 }
 
 /// The four filters of releases before `{prefix}/#` (one per contract topic). A persistent
@@ -62,14 +69,7 @@ pub fn legacy_filters(cfg: &MqttConfig) -> Vec<String> {
     let prefix = cfg.topic_prefix.trim_end_matches('/');
     ["meters", "assets", "energy-sources", "gateways"]
         .iter()
-        .map(|kind| {
-            let filter = format!("{prefix}/{kind}/+/readings");
-            if cfg.shared_group.is_empty() {
-                filter
-            } else {
-                format!("$share/{}/{filter}", cfg.shared_group)
-            }
-        })
+        .map(|kind| in_group(cfg, format!("{prefix}/{kind}/+/readings")))
         .collect()
 }
 

@@ -4,8 +4,9 @@
 //! holds one (a redelivery, a correction) fail the COPY; then (and for the next few batches,
 //! since those come in runs) the batch goes the conflict path (`rows::settle_isolating`): the
 //! stored versions of its keys are read and locked, each key's readings decided by the
-//! correction policy, and the outcome written in one statement. A row the database refuses for a reason of its own (a check
-//! constraint, a bad value) is isolated by bisection under savepoints and stored as a rejection,
+//! correction policy, and what that changes written, a few statements a chunk and none per row.
+//! A row the database refuses for a reason of its own (a check constraint, a bad value) is
+//! isolated by bisection under savepoints and stored as a rejection,
 //! so it never poisons the batch. Every statement is bounded (`rows`, `rejections`): a batch
 //! goes in chunks, all in its one transaction.
 //!

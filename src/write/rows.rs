@@ -5,6 +5,7 @@
 use std::pin::pin;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -87,47 +88,66 @@ async fn copy_rows(
 // lock) against ~9 µs routed, and a join could become a hash of a whole partition when its
 // statistics lagged (250 ms a chunk at 300,000 rows). Measured on this machine, BENCHMARKS.md.
 
+/// `unnest` of the parameter arrays of one [`Columns`], `$first` to `$first + 7`, in the order
+/// of [`COLUMNS`] and [`Columns::params`].
+fn unnest(first: usize) -> String {
+    const TYPES: [&str; 8] = [
+        "entity_type_enum",
+        "uuid",
+        "text",
+        "timestamptz",
+        "float8",
+        "text",
+        "quality_enum",
+        "timestamptz",
+    ];
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
+    format!("unnest({})", arrays.join(", "))
+}
+
 /// Stores the first reading of each key of a chunk where the key holds none; returns the keys
 /// it stored. A key another transaction is inserting waits for it, then counts as held.
-const FIRST: &str = "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit,
-         quality, received_at)
-     SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[], $4::timestamptz[],
-         $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
-     ON CONFLICT DO NOTHING
-     RETURNING entity_type, entity_id, metric, ts";
+static FIRST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO measurements ({COLUMNS}) SELECT * FROM {}
+         ON CONFLICT DO NOTHING RETURNING entity_type, entity_id, metric, ts",
+        unnest(1)
+    )
+});
 
 /// The versions the keys the first statement did not store hold, locked until commit: a
 /// no-op update (the only way to lock and read a row through the conflict check) returns the
 /// stored row. Rows go in key order, so two daemons lock in the same order and do not deadlock.
 /// A second daemon deciding the same key waits here and then reads the first one's result.
-const HELD: &str = "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit,
-         quality, received_at)
-     SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[], $4::timestamptz[],
-         $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
-     ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
-     SET received_at = measurements.received_at
-     RETURNING entity_type, entity_id, metric, ts, value, unit, quality, received_at";
-
-/// Writes what the corrections decided: $1–$8 the readings a key holds now in place of another
-/// (rows this transaction holds locked, or stored by [`FIRST`]), $9–$16 the versions they
-/// replaced (to the revisions). One statement.
-const APPLY: &str = "WITH upd AS (
-         INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit, quality,
-             received_at)
-         SELECT * FROM unnest($1::entity_type_enum[], $2::uuid[], $3::text[],
-             $4::timestamptz[], $5::float8[], $6::text[], $7::quality_enum[], $8::timestamptz[])
+static HELD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO measurements ({COLUMNS}) SELECT * FROM {}
          ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
-         SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
-             received_at = excluded.received_at
-         RETURNING 1),
-     rev AS (
-         INSERT INTO measurement_revisions (entity_type, entity_id, metric, ts, value, unit,
-             quality, received_at)
-         SELECT * FROM unnest($9::entity_type_enum[], $10::uuid[], $11::text[],
-             $12::timestamptz[], $13::float8[], $14::text[], $15::quality_enum[],
-             $16::timestamptz[])
-         RETURNING 1)
-     SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rev)";
+         SET received_at = measurements.received_at
+         RETURNING {COLUMNS}",
+        unnest(1)
+    )
+});
+
+/// Writes what the corrections decided, in one statement: the readings a key holds now in
+/// place of another (rows this transaction holds locked, or stored by [`FIRST`]) and the
+/// versions they replaced (to the revisions).
+static APPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH upd AS (
+             INSERT INTO measurements ({COLUMNS}) SELECT * FROM {}
+             ON CONFLICT (entity_type, entity_id, metric, ts) DO UPDATE
+             SET value = excluded.value, unit = excluded.unit, quality = excluded.quality,
+                 received_at = excluded.received_at)
+         INSERT INTO measurement_revisions ({COLUMNS}) SELECT * FROM {}",
+        unnest(1),
+        unnest(9)
+    )
+});
 
 /// One set of `measurements` rows as parameter arrays, a column each.
 #[derive(Default)]
@@ -229,8 +249,9 @@ impl From<ChunkError> for WriteError {
 /// stored where the key holds none ([`FIRST`]), the versions of the others are read and locked
 /// ([`HELD`]), each key's readings are decided by `policy` against what it holds
 /// ([`corrections::settle`]), and what that changes is written by one statement ([`APPLY`]):
-/// one to three round trips whatever the chunk's size, none per row. A chunk the database refuses is split in halves under
-/// savepoints until the refused rows stand alone (then rejected with the reason).
+/// one to three round trips whatever the chunk's size, none per row. A chunk the database
+/// refuses is split in halves under savepoints until the refused rows stand alone (then
+/// rejected with the reason).
 pub async fn settle_isolating<'a>(
     tx: &mut Transaction<'_>,
     rows: &[&'a Accepted],
@@ -285,7 +306,7 @@ async fn settle_chunk<'a>(
         firsts.push_reading(rows[positions[0]]);
     }
     let mut stored_first: HashSet<Key> = HashSet::new();
-    for row in tx.query(FIRST, &firsts.params()).await? {
+    for row in tx.query(FIRST.as_str(), &firsts.params()).await? {
         if let Some(k) = returned_key(&row)? {
             stored_first.insert(k);
         }
@@ -298,7 +319,7 @@ async fn settle_chunk<'a>(
     }
     let mut held: HashMap<Key, Stored> = HashMap::new();
     if held_rows.len() > 0 {
-        for row in tx.query(HELD, &held_rows.params()).await? {
+        for row in tx.query(HELD.as_str(), &held_rows.params()).await? {
             let Some(k) = returned_key(&row)? else {
                 continue;
             };
@@ -313,7 +334,10 @@ async fn settle_chunk<'a>(
             held.insert(k, stored);
         }
     }
-    let unmatched = keys.len() - stored_first.len() - held.len();
+    let unmatched = keys
+        .keys()
+        .filter(|k| !stored_first.contains(k) && !held.contains_key(k))
+        .count();
     if unmatched > 0 {
         return Err(ChunkError::Unmatched(unmatched));
     }
@@ -369,7 +393,7 @@ async fn settle_chunk<'a>(
             .into_iter()
             .flatten()
             .collect();
-        tx.query_one(APPLY, &params).await?;
+        tx.execute(APPLY.as_str(), &params).await?;
     }
     Ok(())
 }
