@@ -1,4 +1,5 @@
-//! The writer: one batch, one transaction, binary COPY; then the acks, in arrival order.
+//! The writer: one batch, one transaction, binary COPY; then the acks, in arrival order (the task
+//! in `pipeline`, which sends one batch's COMMIT while the next one's COPY runs).
 //!
 //! Fast path: COPY straight into `measurements`. The unique key makes a reading for a key that
 //! holds one (a redelivery, a correction) fail the COPY; then (and for the next few batches,
@@ -18,7 +19,10 @@
 //! message is stored as rejections (`invalid_value`, the error in the detail), or, if even
 //! that is refused, as one row without its payload. So no message can stop ingestion.
 
+mod pipeline;
 mod rows;
+
+pub use pipeline::run;
 
 // The encoding of rejections as rows is pure, so it lives (and is fuzzed) in the core crate.
 use enalysis_core::rejections;
@@ -28,12 +32,11 @@ pub use rejections::{
     chunks, encode,
 };
 
-use tokio::sync::mpsc;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Acker;
 use crate::backoff::Backoff;
 use crate::batch::{Accepted, Batch, Part};
 use crate::corrections::Policy;
@@ -293,6 +296,52 @@ impl Writer {
         }
     }
 
+    /// The column types of `measurements`, read once (the enums have database-assigned OIDs).
+    async fn types(&mut self, client: &Client) -> Result<Vec<Type>, WriteError> {
+        if let Some(types) = &self.types {
+            return Ok(types.clone());
+        }
+        let stmt = client
+            .prepare(&format!(
+                "SELECT {} FROM measurements LIMIT 0",
+                rows::COLUMNS
+            ))
+            .await?;
+        let types: Vec<Type> = stmt.columns().iter().map(|c| c.type_().clone()).collect();
+        self.types = Some(types.clone());
+        Ok(types)
+    }
+
+    /// The fast path's statements inside the transaction open on `client`: COPY of the
+    /// accepted readings, then the rejection rows. `None` when the COPY met a stored key (then
+    /// the next [`STAGED_RUN`] batches take the conflict path directly) or a row the database
+    /// refuses: the transaction is aborted, the batch is for the conflict path.
+    async fn fast(
+        &mut self,
+        client: &Client,
+        types: &[Type],
+        part: &Part<'_>,
+        accepted: &[&Accepted],
+    ) -> Result<Option<Written>, WriteError> {
+        match rows::copy_chunked(client, types, accepted).await {
+            Ok(inserted) => {
+                let rejected =
+                    rows::insert_rejections(client, &encode(part, &[], Form::Judged)).await?;
+                Ok(Some(Written {
+                    inserted,
+                    rejected,
+                    ..Written::default()
+                }))
+            }
+            Err(e) if rows::unique_violation(&e) => {
+                self.staged_left = STAGED_RUN;
+                Ok(None)
+            }
+            Err(e) if rows::row_level(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn try_write(
         &mut self,
         part: Part<'_>,
@@ -324,7 +373,8 @@ impl Writer {
             // is refused, whether stored as its own rejection or within the one-row record.
             let tx = client.transaction().await?;
             let rejected =
-                rows::insert_rejections(&tx, &encode(&part, &refused_by_attempt, form)).await?;
+                rows::insert_rejections(tx.client(), &encode(&part, &refused_by_attempt, form))
+                    .await?;
             tx.commit().await?;
             let refused = match attempt {
                 Attempt::AsIs => 0,
@@ -336,40 +386,17 @@ impl Writer {
                 ..Written::default()
             });
         }
-        if self.types.is_none() {
-            let stmt = client
-                .prepare(&format!(
-                    "SELECT {} FROM measurements LIMIT 0",
-                    rows::COLUMNS
-                ))
-                .await?;
-            self.types = Some(stmt.columns().iter().map(|c| c.type_().clone()).collect());
-        }
-        let types = self.types.clone().unwrap_or_default();
-
+        let types = self.types(&client).await?;
         if self.staged_left == 0 {
             let tx = client.transaction().await?;
-            match rows::copy_chunked(&tx, &types, &accepted).await {
-                Ok(n) => {
-                    let rejected =
-                        rows::insert_rejections(&tx, &encode(&part, &[], Form::Judged)).await?;
+            match self.fast(tx.client(), &types, &part, &accepted).await? {
+                Some(written) => {
                     tx.commit().await?;
-                    return Ok(Written {
-                        inserted: n,
-                        rejected,
-                        ..Written::default()
-                    });
+                    return Ok(written);
                 }
-                Err(e) if rows::unique_violation(&e) => {
-                    // A stored key: the transaction is aborted; redo it on the conflict path.
-                    drop(tx);
-                    self.staged_left = STAGED_RUN;
-                }
-                Err(e) if rows::row_level(&e) => {
-                    drop(tx);
-                    // Isolation below works on the conflict path too.
-                }
-                Err(e) => return Err(e.into()),
+                // The transaction is aborted; redo the batch on the conflict path (which also
+                // isolates refused rows).
+                None => drop(tx),
             }
         }
         self.staged_left = self.staged_left.saturating_sub(1);
@@ -380,7 +407,8 @@ impl Writer {
             rows::settle_isolating(&mut tx, chunk, self.policy, &mut settled).await?;
         }
         let rejected =
-            rows::insert_rejections(&tx, &encode(&part, &settled.rejected, Form::Judged)).await?;
+            rows::insert_rejections(tx.client(), &encode(&part, &settled.rejected, Form::Judged))
+                .await?;
         tx.commit().await?;
         let superseded = settled
             .rejected
@@ -397,68 +425,4 @@ impl Writer {
             isolated: 0,
         })
     }
-}
-
-/// The writer task: writes batches in order, acks each after its commit, and reports done.
-pub async fn run(
-    mut writer: Writer,
-    mut batches: mpsc::Receiver<Batch>,
-    acker: Acker,
-    last: std::sync::Arc<crate::silence::LastReadings>,
-    abort: CancellationToken,
-    done: CancellationToken,
-) {
-    while let Some(batch) = batches.recv().await {
-        let started = std::time::Instant::now();
-        let Some(written) = writer.write(&batch, &abort).await else {
-            tracing::warn!(
-                messages = batch.acks.len(),
-                "shutdown deadline reached with a batch unwritten; the broker will redeliver it"
-            );
-            return;
-        };
-        let acks = acker.ack_all(&batch.acks);
-        // Silence (crate::silence); a batch with refused rows (rare) is skipped, not guessed at.
-        // A superseded reading counts: the entity was heard from.
-        if written.refused == 0 {
-            last.record(&batch.accepted);
-        }
-        // A correction is an accepted reading too: it is what the key holds now.
-        metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted + written.corrected);
-        metrics::counter!(names::READINGS_CORRECTED).increment(written.corrected);
-        metrics::counter!(names::READINGS_DUPLICATE).increment(written.duplicates);
-        metrics::histogram!(names::BATCH_ROWS).record(batch.rows() as f64);
-        if let Some(started) = batch.started {
-            metrics::histogram!(names::END_TO_END_LATENCY).record(started.elapsed().as_secs_f64());
-        }
-        tracing::debug!(
-            rows = batch.rows(),
-            inserted = written.inserted,
-            corrected = written.corrected,
-            duplicates = written.duplicates,
-            superseded = written.superseded,
-            rejected = written.rejected,
-            acked = acks.acked,
-            stale_acks = acks.stale,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "batch committed"
-        );
-        if written.refused > 0 {
-            // Refused rows (isolated under savepoints, or every reading of an isolated message)
-            // are rejections decided here, not by the validator: counted here.
-            metrics::counter!(names::READINGS_REJECTED, "reason" => Reason::InvalidValue.as_str())
-                .increment(written.refused);
-            tracing::warn!(
-                rows = written.refused,
-                "the database refused rows; stored as rejections"
-            );
-        }
-        if written.superseded > 0 {
-            metrics::counter!(names::READINGS_REJECTED, "reason" => Reason::Superseded.as_str())
-                .increment(written.superseded);
-        }
-        // The batch's memory goes back to the budget here, after its acks are queued.
-        drop(batch);
-    }
-    done.cancel();
 }

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use super::WriteError;
@@ -37,10 +37,13 @@ pub fn unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
 }
 
+// The fast path's statements take the connection (`Transaction::client`, or a connection with a
+// transaction begun by hand, whose COMMIT the pipelined writer sends from a task of its own).
+
 /// Binary COPY of `rows` into `measurements`, one COPY per [`CHUNK_ROWS`]; returns the rows
 /// copied.
 pub async fn copy_chunked(
-    tx: &Transaction<'_>,
+    tx: &Client,
     types: &[Type],
     rows: &[&Accepted],
 ) -> Result<u64, tokio_postgres::Error> {
@@ -52,7 +55,7 @@ pub async fn copy_chunked(
 }
 
 async fn copy_rows(
-    tx: &Transaction<'_>,
+    tx: &Client,
     types: &[Type],
     rows: &[&Accepted],
 ) -> Result<u64, tokio_postgres::Error> {
@@ -418,7 +421,7 @@ fn returned_key(row: &tokio_postgres::Row) -> Result<Option<Key>, tokio_postgres
 /// Inserts the rejection rows, message rows first (the runs refer to them), each table in
 /// bounded chunks. Idempotent: a redelivered message maps onto the rows already stored.
 /// Returns the runs inserted.
-pub async fn insert_rejections(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<u64, WriteError> {
+pub async fn insert_rejections(tx: &Client, rows: &Rows<'_>) -> Result<u64, WriteError> {
     for chunk in chunks(&rows.messages, MessageRow::weight) {
         insert_messages(tx, chunk).await?;
     }
@@ -429,7 +432,7 @@ pub async fn insert_rejections(tx: &Transaction<'_>, rows: &Rows<'_>) -> Result<
     Ok(n)
 }
 
-async fn insert_messages(tx: &Transaction<'_>, rows: &[MessageRow<'_>]) -> Result<u64, WriteError> {
+async fn insert_messages(tx: &Client, rows: &[MessageRow<'_>]) -> Result<u64, WriteError> {
     let digest: Vec<&[u8]> = rows.iter().map(|r| r.digest).collect();
     let received_at: Vec<_> = rows.iter().map(|r| r.received_at).collect();
     let topic: Vec<&str> = rows.iter().map(|r| r.topic.as_ref()).collect();
@@ -457,7 +460,7 @@ async fn insert_messages(tx: &Transaction<'_>, rows: &[MessageRow<'_>]) -> Resul
         .await?)
 }
 
-async fn insert_runs(tx: &Transaction<'_>, rows: &[RunRow<'_>]) -> Result<u64, WriteError> {
+async fn insert_runs(tx: &Client, rows: &[RunRow<'_>]) -> Result<u64, WriteError> {
     let digest: Vec<&[u8]> = rows.iter().map(|r| r.digest).collect();
     let seq: Vec<i32> = rows.iter().map(|r| r.seq).collect();
     let count: Vec<i32> = rows.iter().map(|r| r.count).collect();

@@ -489,6 +489,104 @@ async fn a_message_that_makes_postgresql_refuse_the_statement_cannot_stop_ingest
     wait_count(&s.client, MEAS, 40).await;
 }
 
+/// A COMMIT the database refuses (a deferred constraint of the application's) while the next
+/// batch, holding the same keys, is written beside it (the pipelined writer): the next batch is
+/// rolled back, the refused one is written again alone (its poison message stored as
+/// rejections), then the next one, as corrections of it. Had the next batch kept its
+/// transaction open, the refused one's retry would wait for its locks for ever.
+#[tokio::test]
+async fn a_commit_refused_while_the_next_batch_holds_its_keys_loses_nothing_and_does_not_hang() {
+    let s = setup().await;
+    s.client
+        .batch_execute(
+            // Slow, so the next batch is on its way while this COMMIT runs.
+            "CREATE FUNCTION refuse_666_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.value = 666 THEN
+                     PERFORM pg_sleep(0.5);
+                     RAISE EXCEPTION 'the application refuses 666 at commit';
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER refuse_666_at_commit AFTER INSERT ON measurements
+                 DEFERRABLE INITIALLY DEFERRED
+                 FOR EACH ROW EXECUTE FUNCTION refuse_666_at_commit();",
+        )
+        .await
+        .expect("trigger");
+    let mut env = daemon_env(&s.db, &s.broker.url());
+    set_env(&mut env, "ENALYSIS_INGEST__BATCH_MAX_ROWS", "10");
+    let port = with_http_port(&mut env);
+    let _daemon = Daemon::start(&env).await;
+    let p = Publisher::connect(&s.broker.url()).await;
+    let topic = format!("enalysis/v1/meters/{}/readings", s.ids.meter);
+    let base = Utc::now() - ChronoDuration::minutes(1);
+    let reading = |i: i64, value: f64, quality: &str| {
+        let ts = (base + ChronoDuration::seconds(i)).to_rfc3339();
+        json!({"ts": ts, "metric": "power", "value": value, "quality": quality})
+    };
+    // Batch A: ten estimates, the last message with the reading refused at commit beside its
+    // own (11 rows: one batch). Batch B: the same ten keys, real values.
+    for i in 0..10 {
+        let payload = if i == 9 {
+            json!([reading(i, 1.0, "estimated"), reading(100, 666.0, "good")])
+        } else {
+            reading(i, 1.0, "estimated")
+        };
+        p.publish(&topic, payload.to_string()).await;
+    }
+    for i in 0..10 {
+        p.publish(&topic, reading(i, 2.0, "good").to_string()).await;
+    }
+    p.wait_acked(20).await;
+    wait_count(&s.client, MEAS, 10).await;
+    let held = s
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE value = 2 AND quality = 'good') FROM measurements",
+            &[],
+        )
+        .await
+        .expect("measurements");
+    assert_eq!(held.get::<_, i64>(0), 10, "every key holds batch B's value");
+    let revisions: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM measurement_revisions WHERE value = 1 AND quality = 'estimated'",
+            &[],
+        )
+        .await
+        .expect("revisions")
+        .get(0);
+    assert_eq!(
+        revisions, 9,
+        "A's estimates kept, but for the poison message's"
+    );
+    let rows = s
+        .client
+        .query(
+            "SELECT reason::text, detail FROM rejected_readings ORDER BY seq",
+            &[],
+        )
+        .await
+        .expect("rejections");
+    assert_eq!(rows.len(), 2, "both readings of the poison message");
+    for row in &rows {
+        assert_eq!(row.get::<_, String>(0), "invalid_value");
+        let detail: String = row.get(1);
+        assert!(detail.contains("refuses 666 at commit"), "{detail}");
+    }
+    // Each reading counted once: 9 of A, then B's 10 (9 of them corrections).
+    let body = support::http_get(port, "/metrics").await;
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(value("ingest_readings_accepted_total"), 19.0, "{body}");
+    assert_eq!(value("ingest_readings_corrected_total"), 9.0, "{body}");
+}
+
 /// When even the message's rejections are refused (a rule of the application's on the stored
 /// payload), one row is kept without the payload, and ingestion goes on.
 #[tokio::test]
