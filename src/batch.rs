@@ -32,20 +32,17 @@ pub struct Batch {
     pub charge: Option<Charge>,
 }
 
+/// A batch reads as its contents (`batch.accepted`, `batch.rows()`, `batch.whole()`): the
+/// writer needs those and the acks, and need not know which of the two crates holds what.
+impl std::ops::Deref for Batch {
+    type Target = Contents;
+
+    fn deref(&self) -> &Contents {
+        &self.contents
+    }
+}
+
 impl Batch {
-    pub fn rows(&self) -> usize {
-        self.contents.rows()
-    }
-
-    /// The whole batch as a [`Part`].
-    pub fn whole(&self) -> Part<'_> {
-        self.contents.whole()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.contents.is_empty()
-    }
-
     /// Adds what one message was judged to be; `topic` is its topic as text. A payload over
     /// `keep` bytes is cut to them (the rest is never stored) and its memory given back.
     pub fn add(

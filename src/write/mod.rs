@@ -421,7 +421,7 @@ pub async fn run(
         // Silence (crate::silence); a batch with refused rows (rare) is skipped, not guessed at.
         // A superseded reading counts: the entity was heard from.
         if written.refused == 0 {
-            last.record(&batch.contents.accepted);
+            last.record(&batch.accepted);
         }
         // A correction is an accepted reading too: it is what the key holds now.
         metrics::counter!(names::READINGS_ACCEPTED).increment(written.inserted + written.corrected);
