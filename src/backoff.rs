@@ -13,11 +13,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(min_ms: u64, max_ms: u64) -> Self {
-        let min = Duration::from_millis(min_ms.max(1));
+    /// From `min` (at least 1 ms), doubling up to `max` (at least `min`).
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
         Self {
             min,
-            max: Duration::from_millis(max_ms.max(min_ms)),
+            max: max.max(min),
             next: min,
         }
     }
@@ -40,7 +41,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_its_ceiling_and_resets() {
-        let mut b = Backoff::new(100, 350);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
         let ms: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(ms, [100, 200, 350, 350]);
         b.reset();

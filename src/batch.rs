@@ -16,15 +16,14 @@ use crate::validate::{self, Limits};
 
 // The pure data types of a batch live in the core crate, with the rejection encoding that reads
 // them (and is fuzzed with them); re-exported so the daemon reads the same.
-pub use enalysis_core::batch::{Accepted, Digest32, Message, Part, Rejected, digest};
+pub use enalysis_core::batch::{Accepted, Contents, Digest32, Message, Part, Rejected, digest};
 
 /// Everything the writer commits in one transaction, and the messages to ack after it.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub messages: Vec<Message>,
-    pub accepted: Vec<Accepted>,
-    pub rejected: Vec<Rejected>,
-    /// In arrival order.
+    /// The messages, readings and rejections the writer commits.
+    pub contents: Contents,
+    /// One per message of `contents`, in arrival order.
     pub acks: Vec<AckToken>,
     /// When the oldest message of the batch arrived (for the age limit and latency).
     pub started: Option<Instant>,
@@ -33,25 +32,17 @@ pub struct Batch {
     pub charge: Option<Charge>,
 }
 
+/// A batch reads as its contents (`batch.accepted`, `batch.rows()`, `batch.whole()`): the
+/// writer needs those and the acks, and need not know which of the two crates holds what.
+impl std::ops::Deref for Batch {
+    type Target = Contents;
+
+    fn deref(&self) -> &Contents {
+        &self.contents
+    }
+}
+
 impl Batch {
-    pub fn rows(&self) -> usize {
-        self.accepted.len() + self.rejected.len()
-    }
-
-    /// The whole batch as a [`Part`].
-    pub fn whole(&self) -> Part<'_> {
-        Part {
-            messages: &self.messages,
-            first: 0,
-            accepted: &self.accepted,
-            rejected: &self.rejected,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     /// Adds what one message was judged to be; `topic` is its topic as text. A payload over
     /// `keep` bytes is cut to them (the rest is never stored) and its memory given back.
     pub fn add(
@@ -95,27 +86,7 @@ impl Batch {
             summary.record(&message.topic, rejection);
         }
         self.acks.push(ack);
-        self.push(message, judged);
-    }
-
-    /// Adds a message and what it was judged to be (the pure part of [`Batch::add`]).
-    pub fn push(&mut self, message: Message, judged: crate::model::Outcome) {
-        let index = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
-        for (i, reading) in judged.accepted.into_iter().enumerate() {
-            self.accepted.push(Accepted {
-                reading,
-                received_at: message.received_at,
-                message: index,
-                index: u32::try_from(i).unwrap_or(u32::MAX),
-            });
-        }
-        for rejection in judged.rejected {
-            self.rejected.push(Rejected {
-                rejection,
-                message: index,
-            });
-        }
-        self.messages.push(message);
+        self.contents.push(message, judged);
     }
 }
 

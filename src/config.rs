@@ -5,13 +5,16 @@
 //! environment. Unknown keys in any layer are errors.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The shipped defaults; also the documentation of every key.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -51,10 +54,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    pub url: String,
+    pub url: DatabaseUrl,
     pub pool_size: usize,
-    pub connect_timeout_ms: u64,
-    pub pool_wait_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
+    #[serde(rename = "pool_wait_timeout_ms", with = "millis")]
+    pub pool_wait_timeout: Duration,
     pub ca_file: String,
     pub migrate_on_start: bool,
 }
@@ -62,7 +67,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    pub url: String,
+    pub url: Broker,
     pub client_id: String,
     pub topic_prefix: String,
     pub shared_group: String,
@@ -72,16 +77,93 @@ pub struct MqttConfig {
     pub ca_file: String,
     pub client_cert: String,
     pub client_key: String,
-    pub keep_alive_secs: u64,
+    #[serde(rename = "keep_alive_secs", with = "secs")]
+    pub keep_alive: Duration,
+    /// The MQTT Session Expiry Interval, which the protocol (and rumqttc) counts in seconds.
     pub session_expiry_secs: u32,
-    pub reconnect_min_ms: u64,
-    pub reconnect_max_ms: u64,
+    #[serde(rename = "reconnect_min_ms", with = "millis")]
+    pub reconnect_min: Duration,
+    #[serde(rename = "reconnect_max_ms", with = "millis")]
+    pub reconnect_max: Duration,
     pub max_packet_bytes: u32,
 }
 
-/// `mqtt.url` parsed: where the MQTT client connects, and how.
-#[derive(Debug, Clone)]
+/// `database.url`, parsed once when the configuration loads: the text as configured (what is
+/// printed, masked, and serialized back) and the connection settings tokio-postgres made of it.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DatabaseUrl {
+    text: String,
+    parsed: tokio_postgres::Config,
+}
+
+impl DatabaseUrl {
+    /// The URL as configured (it may carry the password).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// What the pool connects with.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.parsed
+    }
+
+    fn masked(&self) -> Self {
+        let mut parsed = self.parsed.clone();
+        if parsed.get_password().is_some() {
+            parsed.password(MASK);
+        }
+        Self {
+            text: mask_url_password(&self.text),
+            parsed,
+        }
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parsed = text
+            .parse()
+            .map_err(|e| format!("malformed PostgreSQL URL (DATABASE_URL): {e}"))?;
+        Ok(Self {
+            text: text.to_string(),
+            parsed,
+        })
+    }
+}
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<DatabaseUrl> for String {
+    fn from(url: DatabaseUrl) -> String {
+        url.text
+    }
+}
+
+/// Masked, like anything printed.
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&mask_url_password(&self.text))
+            .finish()
+    }
+}
+
+/// `mqtt.url`, parsed once when the configuration loads (scheme `mqtt` or `mqtts`, a host):
+/// where the MQTT client connects, and how.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Broker {
+    /// The URL as configured, serialized back as is.
+    text: String,
     /// The URL itself (it may carry the credentials).
     pub url: url::Url,
     /// `mqtts://`.
@@ -89,6 +171,76 @@ pub struct Broker {
     /// Without the brackets of an IPv6 literal.
     pub host: String,
     pub port: u16,
+}
+
+impl Broker {
+    /// The URL as configured (it may carry the password).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    fn masked(&self) -> Self {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some(MASK));
+        }
+        Self {
+            text: mask_url_password(&self.text),
+            url,
+            ..self.clone()
+        }
+    }
+}
+
+impl FromStr for Broker {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("malformed URL (MQTT_URL): {e}"))?;
+        let host = match url.host_str() {
+            Some(host) if matches!(url.scheme(), "mqtt" | "mqtts") => host,
+            _ => {
+                return Err(format!(
+                    "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
+                    url.scheme()
+                ));
+            }
+        };
+        let tls = url.scheme() == "mqtts";
+        Ok(Self {
+            text: text.to_string(),
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            url,
+        })
+    }
+}
+
+impl TryFrom<String> for Broker {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<Broker> for String {
+    fn from(broker: Broker) -> String {
+        broker.text
+    }
+}
+
+/// Masked, like anything printed.
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Broker")
+            .field(&mask_url_password(&self.text))
+            .finish()
+    }
 }
 
 /// Most packets rumqttc reads in one poll (its `max_readb_count`), all before the MQTT task
@@ -101,36 +253,6 @@ impl MqttConfig {
     /// Kept free inside `ingest.max_buffered_bytes`.
     pub fn poll_reserve(&self) -> usize {
         (MQTT_READ_BATCH + 1) * self.max_packet_bytes as usize
-    }
-
-    /// `mqtt.url`, parsed and checked (scheme `mqtt` or `mqtts`, a host): the one parse of it,
-    /// for [`Config::validate`] and for the client.
-    pub fn broker(&self) -> Result<Broker, ConfigError> {
-        let invalid = |msg| ConfigError::Invalid {
-            key: "mqtt.url",
-            msg,
-        };
-        let url = url::Url::parse(&self.url)
-            .map_err(|e| invalid(format!("malformed URL (MQTT_URL): {e}")))?;
-        let host = match url.host_str() {
-            Some(host) if matches!(url.scheme(), "mqtt" | "mqtts") => host,
-            _ => {
-                return Err(invalid(format!(
-                    "expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme {:?}",
-                    url.scheme()
-                )));
-            }
-        };
-        let tls = url.scheme() == "mqtts";
-        Ok(Broker {
-            tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
-            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
-            url,
-        })
     }
 }
 
@@ -147,19 +269,25 @@ pub struct IngestConfig {
     pub max_buffered_bytes: usize,
     pub queue_messages: usize,
     pub batch_max_rows: usize,
-    pub batch_max_age_ms: u64,
-    pub max_clock_skew_secs: u64,
+    #[serde(rename = "batch_max_age_ms", with = "millis")]
+    pub batch_max_age: Duration,
+    #[serde(rename = "max_clock_skew_secs", with = "secs")]
+    pub max_clock_skew: Duration,
     pub max_age_days: u64,
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
-    pub shutdown_timeout_secs: u64,
+    #[serde(rename = "retry_min_ms", with = "millis")]
+    pub retry_min: Duration,
+    #[serde(rename = "retry_max_ms", with = "millis")]
+    pub retry_max: Duration,
+    #[serde(rename = "shutdown_timeout_secs", with = "secs")]
+    pub shutdown_timeout: Duration,
     pub corrections: crate::corrections::Policy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    pub refresh_interval_secs: u64,
+    #[serde(rename = "refresh_interval_secs", with = "secs")]
+    pub refresh_interval: Duration,
 }
 
 /// Silence and completeness (CONTRACT.md §7).
@@ -171,9 +299,11 @@ pub struct CompletenessConfig {
     pub silence_factor: f64,
     /// How often the last readings gathered from committed batches go to
     /// `entity_last_readings`.
-    pub flush_interval_ms: u64,
+    #[serde(rename = "flush_interval_ms", with = "millis")]
+    pub flush_interval: Duration,
     /// How often `ingest_entities_silent` is recounted from the database.
-    pub gauge_interval_secs: u64,
+    #[serde(rename = "gauge_interval_secs", with = "secs")]
+    pub gauge_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -186,7 +316,49 @@ pub struct PartitionsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    pub addr: String,
+    /// Serialized as `IP:PORT` (serde's form of a `SocketAddr` in TOML and JSON).
+    #[serde(deserialize_with = "ip_port")]
+    pub addr: SocketAddr,
+}
+
+/// `http.addr` from its text, refused in the words of the contract's variable.
+fn ip_port<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|e| {
+        serde::de::Error::custom(format!(
+            "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {text:?}: {e}"
+        ))
+    })
+}
+
+/// A `Duration` written as whole milliseconds: the `*_ms` keys.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A `Duration` written as whole seconds: the `*_secs` keys.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -207,7 +379,8 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub format: LogFormat,
     pub level: String,
-    pub rejection_summary_secs: u64,
+    #[serde(rename = "rejection_summary_secs", with = "secs")]
+    pub rejection_summary: Duration,
 }
 
 impl Config {
@@ -242,23 +415,18 @@ impl Config {
 
     /// Checks what types alone cannot say, naming the key at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // `database.url`, `mqtt.url` and `http.addr` were parsed, and refused in their key's
+        // name, as they loaded.
         let invalid = |key, msg: String| Err(ConfigError::Invalid { key, msg });
-        if let Err(e) = self.database.url.parse::<tokio_postgres::Config>() {
-            return invalid(
-                "database.url",
-                format!("malformed PostgreSQL URL (DATABASE_URL): {e}"),
-            );
-        }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size", "must be at least 1".into());
         }
-        if self.database.connect_timeout_ms == 0 || self.database.pool_wait_timeout_ms == 0 {
+        if self.database.connect_timeout.is_zero() || self.database.pool_wait_timeout.is_zero() {
             return invalid(
                 "database.connect_timeout_ms",
                 "timeouts must be above 0 ms".into(),
             );
         }
-        self.mqtt.broker()?;
         let m = &self.mqtt;
         if m.client_id.is_empty() || m.client_id.len() > 128 {
             return invalid("mqtt.client_id", "must be 1 to 128 characters".into());
@@ -288,10 +456,10 @@ impl Config {
                 "client_cert and client_key go together".into(),
             );
         }
-        if m.keep_alive_secs < 5 {
+        if m.keep_alive < Duration::from_secs(5) {
             return invalid("mqtt.keep_alive_secs", "must be at least 5".into());
         }
-        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+        if m.reconnect_min.is_zero() || m.reconnect_min > m.reconnect_max {
             return invalid(
                 "mqtt.reconnect_min_ms",
                 "must be above 0 and not above reconnect_max_ms".into(),
@@ -336,7 +504,7 @@ impl Config {
                 ),
             );
         }
-        if i.queue_messages == 0 || i.batch_max_rows == 0 || i.batch_max_age_ms == 0 {
+        if i.queue_messages == 0 || i.batch_max_rows == 0 || i.batch_max_age.is_zero() {
             return invalid(
                 "ingest.queue_messages",
                 "queue_messages, batch_max_rows and batch_max_age_ms must be above 0".into(),
@@ -345,13 +513,13 @@ impl Config {
         if i.max_age_days == 0 || i.max_age_days > 36500 {
             return invalid("ingest.max_age_days", "must be 1 to 36500".into());
         }
-        if i.retry_min_ms == 0 || i.retry_min_ms > i.retry_max_ms {
+        if i.retry_min.is_zero() || i.retry_min > i.retry_max {
             return invalid(
                 "ingest.retry_min_ms",
                 "must be above 0 and not above retry_max_ms".into(),
             );
         }
-        if self.registry.refresh_interval_secs == 0 {
+        if self.registry.refresh_interval.is_zero() {
             return invalid("registry.refresh_interval_secs", "must be above 0".into());
         }
         let c = &self.completeness;
@@ -363,10 +531,10 @@ impl Config {
         }
         // The list and the gauge are at most 10 s behind (CONTRACT.md §7): a flush and a
         // recount must both fit in that.
-        if c.flush_interval_ms == 0 || c.flush_interval_ms > 5000 {
+        if c.flush_interval.is_zero() || c.flush_interval > Duration::from_millis(5000) {
             return invalid("completeness.flush_interval_ms", "must be 1 to 5000".into());
         }
-        if c.gauge_interval_secs == 0 || c.gauge_interval_secs > 5 {
+        if c.gauge_interval.is_zero() || c.gauge_interval > Duration::from_secs(5) {
             return invalid("completeness.gauge_interval_secs", "must be 1 to 5".into());
         }
         let p = &self.partitions;
@@ -376,8 +544,7 @@ impl Config {
                 "must be 0 (keep) or at least ingest.max_age_days, or accepted readings would land in dropped months".into(),
             );
         }
-        self.http_addr()?;
-        if self.log.rejection_summary_secs == 0 {
+        if self.log.rejection_summary.is_zero() {
             return invalid("log.rejection_summary_secs", "must be above 0".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
@@ -386,23 +553,12 @@ impl Config {
         Ok(())
     }
 
-    /// `http.addr`, parsed.
-    fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.http.addr.parse().map_err(|e| ConfigError::Invalid {
-            key: "http.addr",
-            msg: format!(
-                "expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got {:?}: {e}",
-                self.http.addr
-            ),
-        })
-    }
-
     /// The address the daemon listens on, refused by the listen rule ([`check_listen`]). A
     /// rule for `run` only, not part of [`Config::validate`]: the one-shot commands never
     /// listen, and an image that listens on every interface (deploy/docker) must still load
     /// for them without an admin token.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let addr = self.http_addr()?;
+        let addr = self.http.addr;
         check_listen(addr, &self.admin.token).map_err(|msg| ConfigError::Invalid {
             key: "http.addr",
             msg,
@@ -413,8 +569,8 @@ impl Config {
     /// A copy safe to print or log: passwords in URLs and tokens are replaced by a mask.
     pub fn masked(&self) -> Config {
         let mut c = self.clone();
-        c.database.url = mask_url_password(&c.database.url);
-        c.mqtt.url = mask_url_password(&c.mqtt.url);
+        c.database.url = c.database.url.masked();
+        c.mqtt.url = c.mqtt.url.masked();
         for secret in [&mut c.admin.token, &mut c.mqtt.password] {
             if !secret.is_empty() {
                 *secret = MASK.into();
@@ -691,7 +847,7 @@ mod tests {
     #[test]
     fn defaults_load_and_validate() {
         let c = load(&[]).expect("defaults are valid");
-        assert_eq!(c.http.addr, "127.0.0.1:9464");
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.log.format, LogFormat::Json);
     }
 
@@ -704,9 +860,9 @@ mod tests {
             ("ENALYSIS_ADMIN_TOKEN", "s3cret"),
         ])
         .expect("valid");
-        assert_eq!(c.database.url, "postgres://u:pw@db:5433/x");
-        assert_eq!(c.mqtt.url, "mqtts://broker:8883");
-        assert_eq!(c.http.addr, "0.0.0.0:9000");
+        assert_eq!(c.database.url.as_str(), "postgres://u:pw@db:5433/x");
+        assert_eq!(c.mqtt.url.as_str(), "mqtts://broker:8883");
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.admin.token, "s3cret");
     }
 
@@ -864,6 +1020,112 @@ mod tests {
             let listen = c.expect("loads").listen_addr();
             assert_eq!(listen.ok(), addr.parse().ok(), "{addr} {token:?}");
         }
+    }
+
+    #[test]
+    fn urls_and_the_listener_are_parsed_as_they_load_and_named_when_refused() {
+        let c = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://u:pw@db:5433/x?connect_timeout=3",
+            ),
+            ("MQTT_URL", "mqtts://gw:pw@[::1]"),
+            ("ENALYSIS_HTTP_ADDR", "[::]:9000"),
+        ])
+        .expect("valid");
+        let pg = c.database.url.config();
+        assert_eq!(pg.get_ports(), [5433]);
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        let b = &c.mqtt.url;
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("::1", 8883, true));
+        assert_eq!(
+            c.http.addr,
+            "[::]:9000".parse::<SocketAddr>().expect("addr")
+        );
+        for (var, value, expected) in [
+            (
+                "DATABASE_URL",
+                "postgres://u@h:notaport/db",
+                "database.url: malformed PostgreSQL URL (DATABASE_URL)",
+            ),
+            ("MQTT_URL", "::nope", "mqtt.url: malformed URL (MQTT_URL)"),
+            (
+                "MQTT_URL",
+                "http://broker",
+                "mqtt.url: expected mqtt://host:port or mqtts://host:port (MQTT_URL), got scheme \"http\"",
+            ),
+            (
+                "ENALYSIS_HTTP_ADDR",
+                "localhost:9464",
+                "http.addr: expected IP:PORT such as 127.0.0.1:9464 (ENALYSIS_HTTP_ADDR), got \"localhost:9464\"",
+            ),
+        ] {
+            let err = load(&[(var, value)]).expect_err(value);
+            assert!(err.to_string().contains(expected), "{var}={value}: {err}");
+        }
+        // From a file too, where the error says which one.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\naddr = \"localhost\"\n").expect("write");
+        let err = Config::load_from(Some(&path), env(&[])).expect_err("bad addr");
+        assert!(
+            err.to_string().contains("http.addr: expected IP:PORT"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("c.toml"), "{err}");
+    }
+
+    #[test]
+    fn durations_keep_their_keys_and_units() {
+        let c = load(&[
+            ("ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "250"),
+            ("ENALYSIS_MQTT__KEEP_ALIVE_SECS", "12"),
+        ])
+        .expect("valid");
+        assert_eq!(c.ingest.batch_max_age, Duration::from_millis(250));
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(12));
+        assert_eq!(c.ingest.shutdown_timeout, Duration::from_secs(30));
+        let text = c.to_masked_toml();
+        for line in [
+            "batch_max_age_ms = 250\n",
+            "keep_alive_secs = 12\n",
+            "connect_timeout_ms = 5000\n",
+            "shutdown_timeout_secs = 30\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in:\n{text}");
+        }
+        for (var, value) in [
+            ("ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "-1"),
+            ("ENALYSIS_INGEST__BATCH_MAX_AGE_MS", "abc"),
+        ] {
+            let err = load(&[(var, value)]).expect_err(value);
+            assert!(
+                err.to_string().contains("ingest.batch_max_age_ms: "),
+                "{err}"
+            );
+        }
+        let err = load(&[("ENALYSIS_MQTT__KEEP_ALIVE_SECS", "2")]).expect_err("too short");
+        assert_eq!(err.to_string(), "mqtt.keep_alive_secs: must be at least 5");
+    }
+
+    #[test]
+    fn the_masked_copy_keeps_no_password_in_its_parsed_urls_either() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://u:dbpw@db/x"),
+            ("MQTT_URL", "mqtt://m:mqpw@broker:1883"),
+        ])
+        .expect("valid")
+        .masked();
+        assert_eq!(
+            c.database.url.config().get_password(),
+            Some(MASK.as_bytes())
+        );
+        assert_eq!(c.mqtt.url.url.password(), Some(MASK));
+        let debug = format!("{:?}", (&c.database.url, &c.mqtt.url));
+        assert!(
+            !debug.contains("dbpw") && !debug.contains("mqpw"),
+            "{debug}"
+        );
     }
 
     #[test]

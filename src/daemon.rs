@@ -88,7 +88,7 @@ pub async fn run(
 
     let Some(registry) = registry_sync::start(
         db.clone(),
-        Duration::from_secs(config.registry.refresh_interval_secs),
+        config.registry.refresh_interval,
         shutdown.clone(),
     )
     .await
@@ -125,7 +125,7 @@ pub async fn run(
         ignore: config.mqtt.ignore_topics.clone(),
         limits: Limits {
             max_payload_bytes: ingest.max_payload_bytes,
-            max_clock_skew: chrono::Duration::seconds(ingest.max_clock_skew_secs as i64),
+            max_clock_skew: chrono::Duration::seconds(ingest.max_clock_skew.as_secs() as i64),
             max_age: chrono::Duration::days(ingest.max_age_days as i64),
         },
         registry,
@@ -136,8 +136,8 @@ pub async fn run(
         judge,
         BatchLimits {
             max_rows: ingest.batch_max_rows,
-            max_age: Duration::from_millis(ingest.batch_max_age_ms),
-            log_every: Duration::from_secs(config.log.rejection_summary_secs),
+            max_age: ingest.batch_max_age,
+            log_every: config.log.rejection_summary,
         },
     ));
     let last_readings = Arc::new(LastReadings::default());
@@ -147,14 +147,14 @@ pub async fn run(
     let flusher = tokio::spawn(silence::flush_loop(
         last_readings.clone(),
         db.clone(),
-        Duration::from_millis(completeness.flush_interval_ms),
+        completeness.flush_interval,
         writer_done.clone(),
         abort.clone(),
     ));
     tokio::spawn(silence::gauge_loop(
         db.clone(),
         completeness.silence_factor,
-        Duration::from_secs(completeness.gauge_interval_secs),
+        completeness.gauge_interval,
         shutdown.clone(),
     ));
     let writer = tokio::spawn(write::run(
@@ -166,7 +166,7 @@ pub async fn run(
         writer_done.clone(),
     ));
     tracing::info!(
-        broker = %crate::config::mask_url_password(&config.mqtt.url),
+        broker = %crate::config::mask_url_password(config.mqtt.url.as_str()),
         database = db.target(),
         filters = ?mqtt::filters(&config.mqtt),
         http = %bound,
@@ -175,7 +175,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     tracing::info!(
-        deadline_secs = ingest.shutdown_timeout_secs,
+        deadline_secs = ingest.shutdown_timeout.as_secs(),
         "shutting down: draining"
     );
     let drain = async {
@@ -186,7 +186,7 @@ pub async fn run(
     };
     let exit = tokio::select! {
         _ = drain => Exit::Drained,
-        _ = tokio::time::sleep(Duration::from_secs(ingest.shutdown_timeout_secs)) => {
+        _ = tokio::time::sleep(ingest.shutdown_timeout) => {
             abort.cancel();
             Exit::DeadlineExceeded
         }
@@ -217,7 +217,7 @@ async fn seed_last_readings(db: Db) {
 /// Waits until the database answers (it may still be starting). False if shut down first; an
 /// error that waiting cannot fix (wrong password, unknown database) ends the daemon.
 async fn wait_for_database(db: &Db, shutdown: &CancellationToken) -> anyhow::Result<bool> {
-    let mut backoff = Backoff::new(200, 5000);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match db.check().await {
             Ok(()) => return Ok(true),

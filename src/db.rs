@@ -13,8 +13,6 @@ pub type Client = deadpool_postgres::Object;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("malformed database URL (DATABASE_URL): {0}")]
-    BadUrl(#[source] tokio_postgres::Error),
     #[error("cannot read database.ca_file {path}: {msg}")]
     CaFile { path: String, msg: String },
     #[error("cannot build the connection pool: {0}")]
@@ -41,13 +39,13 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Whether waiting and trying again can help (the database may come back); a bad URL or
-    /// a refused password will not fix itself.
+    /// Whether waiting and trying again can help (the database may come back); a missing CA
+    /// file or a refused password will not fix itself.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Timeout { .. } | Self::NoWritableServer { .. } | Self::ReadOnly { .. } => true,
             Self::Connect { refused, .. } => !refused,
-            Self::BadUrl(_) | Self::CaFile { .. } | Self::Build(_) => false,
+            Self::CaFile { .. } | Self::Build(_) => false,
         }
     }
 }
@@ -78,9 +76,9 @@ pub struct Db {
 impl Db {
     /// Builds the pool. Opens no connection yet: call [`Db::get`] (or [`Db::check`]) for that.
     pub fn new(cfg: &DatabaseConfig) -> Result<Self, DbError> {
-        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(DbError::BadUrl)?;
+        let mut pg = cfg.url.config().clone();
         if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+            pg.connect_timeout(cfg.connect_timeout);
         }
         if pg.get_application_name().is_none() {
             pg.application_name("enalysis-ingest");
@@ -97,8 +95,8 @@ impl Db {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let wait = Duration::from_millis(cfg.pool_wait_timeout_ms);
-        let connect = Duration::from_millis(cfg.connect_timeout_ms);
+        let wait = cfg.pool_wait_timeout;
+        let connect = cfg.connect_timeout;
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size)
             // The most recently used connection first: the writer keeps reusing one (its

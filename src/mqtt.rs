@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -30,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ack::{AckToken, Acker, Link};
 use crate::backoff::Backoff;
 use crate::budget::{Budget, Charge, MESSAGE_OVERHEAD};
-use crate::config::{Broker, ConfigError, IngestConfig, MqttConfig};
+use crate::config::{Broker, IngestConfig, MqttConfig};
 
 /// One message as received, on its way to the batcher.
 #[derive(Debug)]
@@ -76,8 +75,6 @@ pub fn legacy_filters(cfg: &MqttConfig) -> Vec<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSetupError {
     #[error(transparent)]
-    Url(#[from] ConfigError),
-    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
 
@@ -91,9 +88,10 @@ pub fn options(
         tls,
         host,
         port,
-    } = cfg.broker()?;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), host, port);
-    o.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs));
+        ..
+    } = &cfg.url;
+    let mut o = MqttOptions::new(cfg.client_id.clone(), host, *port);
+    o.set_keep_alive(cfg.keep_alive);
     // A persistent session: the broker keeps our subscriptions and unacknowledged messages
     // across restarts. MQTT 5 needs both a non-clean start and a session expiry above 0.
     o.set_clean_start(false);
@@ -117,7 +115,7 @@ pub fn options(
     if !user.is_empty() || !password.is_empty() {
         o.set_credentials(user, password);
     }
-    if tls {
+    if *tls {
         o.set_transport(Transport::Tls(tls_config(cfg)?));
     }
     // try_ack must always find room: every message in the pipeline may be waiting for its ack,
@@ -185,7 +183,7 @@ pub fn start(
             filters: filters(cfg),
             legacy: legacy_filters(cfg),
         },
-        Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
+        Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
         link.clone(),
         outlet,
         control,
@@ -419,7 +417,9 @@ mod tests {
             .expect("defaults")
             .ingest;
         let mut c = cfg("enalysis/v1", "");
-        c.url = "mqtt://gw%40site:p%3Ass@broker:1884".into();
+        c.url = "mqtt://gw%40site:p%3Ass@broker:1884"
+            .parse()
+            .expect("a broker URL");
         let (o, capacity) = options(&c, &ingest).expect("options");
         assert_eq!(o.broker_address(), ("broker".to_string(), 1884));
         let login = o.credentials().expect("credentials");

@@ -59,7 +59,7 @@ pub async fn start(
     refresh_every: Duration,
     shutdown: CancellationToken,
 ) -> Option<watch::Receiver<Arc<Registry>>> {
-    let mut backoff = Backoff::new(200, 5000);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let first = loop {
         match load(&db).await {
             Ok(r) => break r,
@@ -119,7 +119,7 @@ async fn reload_loop(
 /// Holds a dedicated connection with `LISTEN`, reconnecting when it drops. Every notification,
 /// and every (re)connect (notifications may have been missed meanwhile), triggers a reload.
 async fn listen(db: Db, changed: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(200, 5000);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match db.connect_dedicated().await {
             Ok((client, mut connection)) => {

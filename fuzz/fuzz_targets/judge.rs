@@ -26,7 +26,7 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Duration, Utc};
-use enalysis_core::batch::{Accepted, Message, Part, Rejected};
+use enalysis_core::batch::{Contents, Message};
 use enalysis_core::catalogue;
 use enalysis_core::decode::{self, Target};
 use enalysis_core::fixture;
@@ -97,33 +97,11 @@ fn check_encoding(topic: &str, raw_topic: &[u8], payload: &[u8], out: Outcome, w
         MAX_PAYLOAD,
         !out.rejected.is_empty(),
     );
-    // The part the writer would see for a batch of this one message (what `Batch::push` and
-    // `Batch::whole` make of it in the daemon).
-    let accepted: Vec<Accepted> = (0u32..)
-        .zip(out.accepted)
-        .map(|(index, reading)| Accepted {
-            reading,
-            received_at: message.received_at,
-            message: 0,
-            index,
-        })
-        .collect();
-    let rejected: Vec<Rejected> = out
-        .rejected
-        .into_iter()
-        .map(|rejection| Rejected {
-            rejection,
-            message: 0,
-        })
-        .collect();
-    let messages = [message];
-    let part = Part {
-        messages: &messages,
-        first: 0,
-        accepted: &accepted,
-        rejected: &rejected,
-    };
-    let rows = rejections::encode(&part, &[], Form::Judged);
+    // The part the writer would see for a batch of this one message: the daemon's batch
+    // collects into the same `Contents`.
+    let mut contents = Contents::default();
+    contents.push(message, out);
+    let rows = rejections::encode(&contents.whole(), &[], Form::Judged);
     if rejected_readings == 0 {
         assert!(rows.messages.is_empty() && rows.runs.is_empty(), "{rows:?}");
         return;

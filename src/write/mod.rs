@@ -154,7 +154,7 @@ impl Writer {
             db,
             types: None,
             staged_left: 0,
-            backoff: Backoff::new(cfg.retry_min_ms, cfg.retry_max_ms),
+            backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             policy: cfg.corrections,
         }
     }

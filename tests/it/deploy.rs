@@ -664,7 +664,7 @@ fn the_compose_stack_is_wired_together() {
         .chain(compose_environment("ingest"))
         .collect();
     let config = Config::load_from(None, env).expect("compose environment loads");
-    let addr: SocketAddr = config.http.addr.parse().expect("http.addr is IP:PORT");
+    let addr: SocketAddr = config.http.addr;
     assert!(
         !addr.ip().is_loopback(),
         "{addr}: unreachable from Prometheus"
@@ -762,9 +762,9 @@ fn stop_timeouts_leave_the_daemon_time_to_drain() {
         .map(seconds)
         .expect("ingest.stop_grace_period");
     assert!(
-        grace > config.ingest.shutdown_timeout_secs,
+        grace > config.ingest.shutdown_timeout.as_secs(),
         "compose stop_grace_period {grace}s <= ingest.shutdown_timeout_secs {}",
-        config.ingest.shutdown_timeout_secs
+        config.ingest.shutdown_timeout.as_secs()
     );
 
     let config = Config::load_from(None, env_file(&read(ENV_EXAMPLE))).expect("env.example");
@@ -775,9 +775,9 @@ fn stop_timeouts_leave_the_daemon_time_to_drain() {
         .map(seconds)
         .expect("TimeoutStopSec= in the unit");
     assert!(
-        stop > config.ingest.shutdown_timeout_secs,
+        stop > config.ingest.shutdown_timeout.as_secs(),
         "TimeoutStopSec {stop}s <= ingest.shutdown_timeout_secs {}",
-        config.ingest.shutdown_timeout_secs
+        config.ingest.shutdown_timeout.as_secs()
     );
 }
 

@@ -1,7 +1,8 @@
 //! The pure data of a batch, as the writer's rejection encoding reads it: each message's exact
-//! bytes and digest, the readings accepted and the rejections, and [`Part`], a run of a batch's
-//! messages. The daemon's `Batch` (which also holds ack tokens and a budget charge) keeps
-//! vectors of these.
+//! bytes and digest, the readings accepted and the rejections, [`Contents`], what a batch
+//! collects from judged messages, and [`Part`], a run of a batch's messages. The daemon's
+//! `Batch` wraps a [`Contents`] with its ack tokens and budget charge; the fuzz target fills one
+//! the same way.
 
 use std::sync::OnceLock;
 
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Reading, Rejection};
+use crate::model::{Outcome, Reading, Rejection};
 
 /// A message as the writer needs it to store rejections: exact bytes and where they came from.
 #[derive(Debug)]
@@ -96,6 +97,56 @@ impl Message {
     }
 }
 
+/// What a batch collects: its messages, the readings accepted and the rejections, both lists in
+/// message order.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub messages: Vec<Message>,
+    pub accepted: Vec<Accepted>,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Contents {
+    /// Adds a message and what it was judged to be.
+    pub fn push(&mut self, message: Message, judged: Outcome) {
+        let index = u32::try_from(self.messages.len()).unwrap_or(u32::MAX);
+        for (i, reading) in judged.accepted.into_iter().enumerate() {
+            self.accepted.push(Accepted {
+                reading,
+                received_at: message.received_at,
+                message: index,
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+            });
+        }
+        for rejection in judged.rejected {
+            self.rejected.push(Rejected {
+                rejection,
+                message: index,
+            });
+        }
+        self.messages.push(message);
+    }
+
+    /// Readings accepted plus rejections.
+    pub fn rows(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Everything collected as one [`Part`].
+    pub fn whole(&self) -> Part<'_> {
+        Part {
+            messages: &self.messages,
+            first: 0,
+            accepted: &self.accepted,
+            rejected: &self.rejected,
+        }
+    }
+}
+
 /// Some consecutive messages of a batch with their readings and rejections: what the writer
 /// commits in one transaction. Normally the whole batch; a batch the database keeps refusing is
 /// split into parts until the message that causes it stands alone.
@@ -147,5 +198,90 @@ impl<'a> Part<'a> {
                 rejected: rb,
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{Context, Limits, judge};
+
+    fn push(contents: &mut Contents, topic: &str, payload: &str) {
+        let registry = crate::fixture::registry();
+        let now = DateTime::parse_from_rfc3339("2026-11-24T15:00:00Z")
+            .expect("now")
+            .with_timezone(&Utc);
+        let limits = Limits {
+            max_payload_bytes: 1024,
+            max_clock_skew: chrono::Duration::minutes(5),
+            max_age: chrono::Duration::days(400),
+        };
+        let ctx = Context {
+            prefix: crate::decode::DEFAULT_PREFIX,
+            registry: &registry,
+            limits: &limits,
+            now,
+        };
+        let judged = judge(topic, payload.as_bytes(), &ctx);
+        let message = Message::new(
+            topic.into(),
+            topic.as_bytes(),
+            Bytes::copy_from_slice(payload.as_bytes()),
+            now,
+            limits.max_payload_bytes,
+            !judged.rejected.is_empty(),
+        );
+        contents.push(message, judged);
+    }
+
+    #[test]
+    fn pushed_messages_number_their_readings_and_rejections_and_split_by_message() {
+        let mut c = Contents::default();
+        assert!(c.is_empty());
+        let cons = "enalysis/v1/meters/EAN-CONS/readings";
+        let at = "\"2026-11-24T14:59:00Z\"";
+        push(
+            &mut c,
+            cons,
+            &format!(
+                r#"[{{"ts": {at}, "metric": "power", "value": 1.0, "unit": "kW"}},
+                    {{"ts": {at}, "metric": "nonsense", "value": 1.0}},
+                    {{"ts": {at}, "metric": "current", "value": 2.0, "unit": "A"}}]"#
+            ),
+        );
+        push(&mut c, "enalysis/v1/elsewhere", "{}");
+        push(
+            &mut c,
+            cons,
+            &format!(r#"{{"ts": {at}, "metric": "power", "value": 3.0, "unit": "kW"}}"#),
+        );
+        let accepted: Vec<(u32, u32)> = c.accepted.iter().map(|a| (a.message, a.index)).collect();
+        assert_eq!(accepted, [(0, 0), (0, 1), (2, 0)]);
+        let rejected: Vec<u32> = c.rejected.iter().map(|r| r.message).collect();
+        assert_eq!(rejected, [0, 1]);
+        assert_eq!(c.rows(), 5);
+
+        let whole = c.whole();
+        assert_eq!((whole.messages.len(), whole.first, whole.rows()), (3, 0, 5));
+        let (a, b) = whole.split().expect("three messages split");
+        assert_eq!(
+            (
+                a.messages.len(),
+                a.first,
+                a.accepted.len(),
+                a.rejected.len()
+            ),
+            (1, 0, 2, 1)
+        );
+        assert_eq!(
+            (
+                b.messages.len(),
+                b.first,
+                b.accepted.len(),
+                b.rejected.len()
+            ),
+            (2, 1, 1, 1)
+        );
+        assert!(b.message(0).is_none() && b.message(2).is_some());
     }
 }
