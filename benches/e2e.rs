@@ -1400,6 +1400,17 @@ async fn catch_up(
     r
 }
 
+/// "Saving in-memory database" lines in the broker's log so far: mosquitto rewrites its whole
+/// persistence file each time (`autosave_interval`, 60 s, as `deploy/mosquitto/`), in its one
+/// thread, which costs more the larger the backlog.
+fn mosquitto_saves(broker: &Broker) -> usize {
+    std::fs::read_to_string(broker.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Saving in-memory database"))
+        .count()
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     metric_value(text, name).unwrap_or(0.0)
 }
@@ -1493,12 +1504,15 @@ async fn catch_up_on(
     // Poll until caught up: every backlog reading and every live reading published up to
     // CATCHUP_SLACK before the poll committed.
     let deadline = t_pg + Duration::from_secs(live_secs + 120);
-    let mut first: Option<(Instant, u64)> = None;
+    let mut first: Option<(Instant, u64, String)> = None;
+    let saves_before = mosquitto_saves(&env.broker);
     let (t_caught, caught_at, live_then) = loop {
         let accepted = daemon.accepted().await?;
         let now = Instant::now();
         if first.is_none() && accepted > 0 {
-            first = Some((now, accepted));
+            // The metrics from here on are the drain's alone: the first batch's retries while
+            // PostgreSQL was away are in its flush time, recorded before.
+            first = Some((now, accepted, daemon.metrics().await?));
         }
         let due = live_due(now.checked_sub(CATCHUP_SLACK).unwrap_or(now));
         if accepted >= backlog + due {
@@ -1516,7 +1530,8 @@ async fn catch_up_on(
     let cores = watch.stop();
     let cpu = proc_ticks(pid).saturating_sub(ticks0) as f64 / clock_ticks();
     let m2 = daemon.metrics().await?;
-    let (t_first, first_accepted) = first.context("no commit")?;
+    let saves_during = mosquitto_saves(&env.broker) - saves_before;
+    let (t_first, first_accepted, m_first) = first.context("no commit")?;
     let catch_secs = (t_caught - t_pg).as_secs_f64();
     let first_secs = (t_first - t_pg).as_secs_f64();
     let drain = caught_at as f64 / catch_secs;
@@ -1544,11 +1559,7 @@ async fn catch_up_on(
     let rss = peak_rss_mib(pid);
     let broker_pid = pid_file(&env.broker.dir().join("server.pid"));
     let broker_rss = broker_pid.and_then(peak_rss_mib);
-    let saves = std::fs::read_to_string(env.broker.log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("Saving in-memory database"))
-        .count();
+    let saves = mosquitto_saves(&env.broker);
     daemon.stop().await?;
     let (count, rejected) = stored(env).await?;
     ensure!(
@@ -1563,11 +1574,15 @@ async fn catch_up_on(
         live_sent.messages
     );
 
-    let d = |name: &str| metric(&m2, name) - metric(&m0, name);
+    // Batches written from the first commit to catch-up (the first one, with its retries,
+    // before): their size, how long each took, and the share of that time the writer spent
+    // writing (1: it never waited for a batch, so it was the limit).
+    let d = |name: &str| metric(&m2, name) - metric(&m_first, name);
     let batches = d("ingest_batch_rows_count");
     let mean_batch = d("ingest_batch_rows_sum") / batches.max(1.0);
-    let mean_flush_ms = 1000.0 * d("ingest_flush_duration_seconds_sum")
-        / d("ingest_flush_duration_seconds_count").max(1.0);
+    let flush_secs = d("ingest_flush_duration_seconds_sum");
+    let mean_flush_ms = 1000.0 * flush_secs / d("ingest_flush_duration_seconds_count").max(1.0);
+    let writer_busy = flush_secs / (t_caught - t_first).as_secs_f64();
     let ratio = |rate: f64, of: Option<f64>, what: &str| match of {
         Some(x) if x > 0.0 => format!(" = {:.2} × {what}", rate / x),
         _ => String::new(),
@@ -1585,11 +1600,12 @@ async fn catch_up_on(
          then on ({} in {live_secs} s; it published for {:.1} s): first commit {first_secs:.1} s \
          after PostgreSQL was ready, caught up after {catch_secs:.1} s ({} readings committed, \
          {} of them live{}); **drain {} readings/s**{}{}{target}, from the first commit {} \
-         readings/s{}; {batches:.0} batches of {mean_batch:.0} rows on average, flush \
-         {mean_flush_ms:.0} ms on average, overflow peak {:.0} messages; MQTT reconnects {:.0}, \
-         database errors {:.0}, duplicates {:.0}; peak RSS daemon {:.0} MiB, mosquitto {:.0} \
-         MiB (a broker of its own for the case; {saves} persistence saves in its log); then all \
-         {} readings stored exactly once, none rejected",
+         readings/s{}; after it {batches:.0} batches of {mean_batch:.0} rows on average, \
+         {mean_flush_ms:.1} ms each to write and commit, the writer busy {:.0}% of the time; \
+         overflow peak {:.0} messages; MQTT reconnects {:.0}, database errors {:.0}, duplicates \
+         {:.0}; peak RSS daemon {:.0} MiB, mosquitto {:.0} MiB (a broker of its own for the \
+         case; {saves} persistence saves in its log, {saves_during} of them during the drain); \
+         then all {} readings stored exactly once, none rejected",
         thousands(backlog as f64),
         thousands(sent.messages as f64),
         sent.secs,
@@ -1609,6 +1625,7 @@ async fn catch_up_on(
         ratio(drain, sustained, "the sustained 10/msg rate"),
         thousands(drain_from_first),
         ratio(drain_from_first, db, "the COPY ceiling"),
+        writer_busy * 100.0,
         metric(&m2, "ingest_mqtt_overflow_peak_messages"),
         metric(&m3, MQTT_RECONNECTS) - metric(&m0, MQTT_RECONNECTS),
         metric(&m3, DB_ERRORS) - metric(&m0, DB_ERRORS),
