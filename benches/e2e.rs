@@ -1400,6 +1400,21 @@ async fn catch_up(
     r
 }
 
+/// PostgreSQL's cumulative counters (15): WAL bytes, full-page images; buffers written by
+/// backends (evicting dirty pages themselves: shared_buffers is full), by the background
+/// writer, by checkpoints.
+async fn pg_counters(client: &tokio_postgres::Client) -> Result<[f64; 5]> {
+    let row = client
+        .query_one(
+            "SELECT w.wal_bytes::float8, w.wal_fpi::float8, b.buffers_backend::float8,
+                    b.buffers_clean::float8, b.buffers_checkpoint::float8
+             FROM pg_stat_wal w, pg_stat_bgwriter b",
+            &[],
+        )
+        .await?;
+    Ok(std::array::from_fn(|i| row.get(i)))
+}
+
 /// "Saving in-memory database" lines in the broker's log so far: mosquitto rewrites its whole
 /// persistence file each time (`autosave_interval`, 60 s, as `deploy/mosquitto/`), in its one
 /// thread, which costs more the larger the backlog.
@@ -1506,13 +1521,30 @@ async fn catch_up_on(
     let deadline = t_pg + Duration::from_secs(live_secs + 120);
     let mut first: Option<(Instant, u64, String)> = None;
     let saves_before = mosquitto_saves(&env.broker);
+    // (time, batches written, seconds spent writing them), about every second: how the time
+    // per batch moves as the table grows.
+    let mut flushes: Vec<(Instant, f64, f64)> = Vec::new();
+    // Not fatal: other PostgreSQL versions name these differently (17: pg_stat_io).
+    let pg0 = pg_counters(&env.client).await.ok();
     let (t_caught, caught_at, live_then) = loop {
-        let accepted = daemon.accepted().await?;
+        let m = daemon.metrics().await?;
+        let accepted = metric(&m, READINGS_ACCEPTED) as u64;
         let now = Instant::now();
         if first.is_none() && accepted > 0 {
             // The metrics from here on are the drain's alone: the first batch's retries while
             // PostgreSQL was away are in its flush time, recorded before.
-            first = Some((now, accepted, daemon.metrics().await?));
+            first = Some((now, accepted, m.clone()));
+        }
+        if first.is_some()
+            && flushes
+                .last()
+                .is_none_or(|f| now - f.0 >= Duration::from_secs(1))
+        {
+            flushes.push((
+                now,
+                metric(&m, "ingest_flush_duration_seconds_count"),
+                metric(&m, "ingest_flush_duration_seconds_sum"),
+            ));
         }
         let due = live_due(now.checked_sub(CATCHUP_SLACK).unwrap_or(now));
         if accepted >= backlog + due {
@@ -1530,6 +1562,7 @@ async fn catch_up_on(
     let cores = watch.stop();
     let cpu = proc_ticks(pid).saturating_sub(ticks0) as f64 / clock_ticks();
     let m2 = daemon.metrics().await?;
+    let pg1 = pg_counters(&env.client).await.ok();
     let saves_during = mosquitto_saves(&env.broker) - saves_before;
     let (t_first, first_accepted, m_first) = first.context("no commit")?;
     let catch_secs = (t_caught - t_pg).as_secs_f64();
@@ -1583,6 +1616,31 @@ async fn catch_up_on(
     let flush_secs = d("ingest_flush_duration_seconds_sum");
     let mean_flush_ms = 1000.0 * flush_secs / d("ingest_flush_duration_seconds_count").max(1.0);
     let writer_busy = flush_secs / (t_caught - t_first).as_secs_f64();
+    // ms per batch in each fifth of the drain (from the first commit).
+    flushes.push((
+        t_caught,
+        metric(&m2, "ingest_flush_duration_seconds_count"),
+        metric(&m2, "ingest_flush_duration_seconds_sum"),
+    ));
+    let fifths: Vec<String> = (0..5)
+        .filter_map(|k| {
+            let at = |q: usize| flushes[(flushes.len() - 1) * q / 5];
+            let (a, b) = (at(k), at(k + 1));
+            (b.1 > a.1).then(|| format!("{:.0}", 1000.0 * (b.2 - a.2) / (b.1 - a.1)))
+        })
+        .collect();
+    let pg_line = match (pg0, pg1) {
+        (Some(a), Some(b)) => format!(
+            "PostgreSQL meanwhile: {:.0} MiB of WAL ({:.0} full-page images), {:.0} buffers \
+             written by backends, {:.0} by the background writer, {:.0} by checkpoints",
+            (b[0] - a[0]) / 1048576.0,
+            b[1] - a[1],
+            b[2] - a[2],
+            b[3] - a[3],
+            b[4] - a[4]
+        ),
+        _ => "PostgreSQL's counters not read".to_string(),
+    };
     let ratio = |rate: f64, of: Option<f64>, what: &str| match of {
         Some(x) if x > 0.0 => format!(" = {:.2} × {what}", rate / x),
         _ => String::new(),
@@ -1601,7 +1659,8 @@ async fn catch_up_on(
          after PostgreSQL was ready, caught up after {catch_secs:.1} s ({} readings committed, \
          {} of them live{}); **drain {} readings/s**{}{}{target}, from the first commit {} \
          readings/s{}; after it {batches:.0} batches of {mean_batch:.0} rows on average, \
-         {mean_flush_ms:.1} ms each to write and commit, the writer busy {:.0}% of the time; \
+         {mean_flush_ms:.1} ms each to write and commit (by fifth of the drain: {} ms), the \
+         writer busy {:.0}% of the time; {pg_line}; \
          overflow peak {:.0} messages; MQTT reconnects {:.0}, database errors {:.0}, duplicates \
          {:.0}; peak RSS daemon {:.0} MiB, mosquitto {:.0} MiB (a broker of its own for the \
          case; {saves} persistence saves in its log, {saves_during} of them during the drain); \
@@ -1625,6 +1684,7 @@ async fn catch_up_on(
         ratio(drain, sustained, "the sustained 10/msg rate"),
         thousands(drain_from_first),
         ratio(drain_from_first, db, "the COPY ceiling"),
+        fifths.join(", "),
         writer_busy * 100.0,
         metric(&m2, "ingest_mqtt_overflow_peak_messages"),
         metric(&m3, MQTT_RECONNECTS) - metric(&m0, MQTT_RECONNECTS),
