@@ -1675,7 +1675,8 @@ async fn catch_up_on(
         thousands(caught_at as f64),
         thousands(caught_at.saturating_sub(backlog) as f64),
         if live_finished_first {
-            ", the live publisher had finished: LIVE_SECS too short"
+            ", only once the live publisher's schedule had ended: BENCH_CATCHUP_LIVE_SECS too \
+             short, or the publisher behind its schedule"
         } else {
             ""
         },
