@@ -36,7 +36,8 @@
 //!   budget is full); then PostgreSQL started and, as soon as it accepts connections, a live
 //!   publisher at half the run's sustained 10/msg rate. The simulator reads the inventory from
 //!   PostgreSQL before it publishes, so the backlog's one starts with PostgreSQL up and
-//!   publishes through a relay that opens only once PostgreSQL is down. *Caught up* is the first
+//!   publishes through a relay that opens only once PostgreSQL is down (the daemon and the live
+//!   publisher connect to the broker directly). *Caught up* is the first
 //!   poll (every 20 ms) at which the readings committed since PostgreSQL's start cover the
 //!   backlog and every live reading published up to 250 ms before the poll (the live
 //!   publisher's count comes from its schedule: `simulate` sends what is due every 10 ms; the
@@ -63,7 +64,9 @@
 //! `BENCH_CATCHUP_READINGS` (2,000,000, a multiple of 10), `BENCH_CATCHUP_LIVE_RATE` (live
 //! readings/s; default half the sustained 10/msg rate of the run, 100,000 when the daemon case
 //! is not run), `BENCH_CATCHUP_LIVE_SECS` (how long the live publisher runs; default 10 s +
-//! 3 × backlog ÷ live rate: long enough to catch up if the drain is ≥ 4/3 × the live rate).
+//! 3 × backlog ÷ live rate: long enough to catch up if the drain is ≥ 4/3 × the live rate),
+//! `BENCH_CATCHUP_DOWN_SECS` (0: PostgreSQL stays down at least this long, e.g. 40 for an outage
+//! past the 30-s MQTT keep-alive and the writer's longest backoff).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -110,6 +113,8 @@ struct Catchup {
     live_rate: Option<u64>,
     /// How long the live publisher runs; `None`: 10 s + 3 × backlog ÷ live rate.
     live_secs: Option<u64>,
+    /// PostgreSQL stays down at least this long (the backlog published, it waits).
+    min_down: Duration,
 }
 
 /// The hostile flood's settings.
@@ -175,6 +180,7 @@ impl Settings {
                     .map(|v| v.parse())
                     .transpose()
                     .context("BENCH_CATCHUP_LIVE_SECS is not a number")?,
+                min_down: Duration::from_secs(num("BENCH_CATCHUP_DOWN_SECS", 0)?),
             },
         })
     }
@@ -1481,6 +1487,11 @@ async fn catch_up_on(
         sent.messages
     );
     drop(gate);
+    // A longer outage, if asked: past the keep-alive (30 s), past the writer's longest backoff.
+    let until = down + c.min_down;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let m1 = daemon.metrics().await?;
     ensure!(
         metric(&m1, MQTT_CONNECTED) == 1.0
