@@ -29,6 +29,26 @@
 //!   committed per second during the flood, and the daemon's peak RSS beside its budget and its
 //!   bound (2 × budget + its RSS before the flood); then every valid reading and every
 //!   rejection is checked in the tables.
+//! - catch-up (issue #18): the daemon subscribed and idle (on a mosquitto of its own, so that
+//!   the broker's peak RSS is this case's), PostgreSQL stopped (fast shutdown), a backlog of
+//!   `BENCH_CATCHUP_READINGS` published flat out at 10/msg, QoS 1, until the broker acknowledged
+//!   all of it (the daemon must stay connected meanwhile: its reads pause when its queue or
+//!   budget is full); then PostgreSQL started and, as soon as it accepts connections, a live
+//!   publisher at half the run's sustained 10/msg rate. The simulator reads the inventory from
+//!   PostgreSQL before it publishes, so the backlog's one starts with PostgreSQL up and
+//!   publishes through a relay that opens only once PostgreSQL is down (the daemon and the live
+//!   publisher connect to the broker directly). *Caught up* is the first
+//!   poll (every 20 ms) at which the readings committed since PostgreSQL's start cover the
+//!   backlog and every live reading published up to 250 ms before the poll (the live
+//!   publisher's count comes from its schedule: `simulate` sends what is due every 10 ms; the
+//!   250 ms are what a daemon that keeps up still holds: a batch filling, up to
+//!   `ingest.batch_max_age_ms`, and its commit). The live publisher runs for a fixed count, so
+//!   the case ends exactly: every backlog and live reading stored once, none rejected.
+//!   Reported: drain readings/s (committed between PostgreSQL's start and catch-up ÷ that time;
+//!   also from the first commit, since the writer's retry backoff, up to `ingest.retry_max_ms`
+//!   = 5 s, delays it), time to the first commit and to catch-up, the daemon's MQTT reconnects
+//!   and database errors, peak RSS of daemon and broker, and the drain against the same run's
+//!   COPY ceiling and sustained 10/msg rate.
 //!
 //! A throughput is readings stored ÷ time from the simulator's start to the last commit: the
 //! publisher runs flat out and mosquitto queues what a consumer cannot take yet, so this is the
@@ -40,7 +60,13 @@
 //! `BENCH_CASES` (comma-separated case names to run; default all), `BENCH_FLOOD_SECS` (20),
 //! `BENCH_FLOOD_RATE` (20 flood messages/s), `BENCH_FLOOD_BUDGET_MIB` (64, the shipped
 //! default), `BENCH_FLOOD_VALID_RATE` (valid readings/s beside the flood; default half the
-//! sustained 1/msg rate of the run, 20,000 when the daemon case is not run).
+//! sustained 1/msg rate of the run, 20,000 when the daemon case is not run),
+//! `BENCH_CATCHUP_READINGS` (2,000,000, a multiple of 10), `BENCH_CATCHUP_LIVE_RATE` (live
+//! readings/s; default half the sustained 10/msg rate of the run, 100,000 when the daemon case
+//! is not run), `BENCH_CATCHUP_LIVE_SECS` (how long the live publisher runs; default 10 s +
+//! 3 × backlog ÷ live rate: long enough to catch up if the drain is ≥ 4/3 × the live rate),
+//! `BENCH_CATCHUP_DOWN_SECS` (0: PostgreSQL stays down at least this long, e.g. 40 for an outage
+//! past the 30-s MQTT keep-alive and the writer's longest backoff).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -75,6 +101,20 @@ struct Settings {
     bench_dir: PathBuf,
     cases: Option<Vec<String>>,
     flood: Flood,
+    catchup: Catchup,
+}
+
+/// The catch-up case's settings.
+#[derive(Debug, Clone, Copy)]
+struct Catchup {
+    /// Readings published while PostgreSQL is down, 10 to a message.
+    readings: u64,
+    /// Live readings/s once PostgreSQL is back; `None`: half the sustained 10/msg rate.
+    live_rate: Option<u64>,
+    /// How long the live publisher runs; `None`: 10 s + 3 × backlog ÷ live rate.
+    live_secs: Option<u64>,
+    /// PostgreSQL stays down at least this long (the backlog published, it waits).
+    min_down: Duration,
 }
 
 /// The hostile flood's settings.
@@ -103,6 +143,11 @@ impl Settings {
             readings >= 10_000 && readings % 10 == 0,
             "BENCH_READINGS must be a multiple of 10, at least 10000"
         );
+        let catchup_readings = num("BENCH_CATCHUP_READINGS", 2_000_000)?;
+        ensure!(
+            catchup_readings >= 10_000 && catchup_readings % 10 == 0,
+            "BENCH_CATCHUP_READINGS must be a multiple of 10, at least 10000"
+        );
         Ok(Settings {
             repeats: num("BENCH_REPEATS", 3)?.max(1) as usize,
             readings,
@@ -122,6 +167,20 @@ impl Settings {
                     .map(|v| v.parse())
                     .transpose()
                     .context("BENCH_FLOOD_VALID_RATE is not a number")?,
+            },
+            catchup: Catchup {
+                readings: catchup_readings,
+                live_rate: std::env::var("BENCH_CATCHUP_LIVE_RATE")
+                    .ok()
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("BENCH_CATCHUP_LIVE_RATE is not a number")?,
+                live_secs: std::env::var("BENCH_CATCHUP_LIVE_SECS")
+                    .ok()
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("BENCH_CATCHUP_LIVE_SECS is not a number")?,
+                min_down: Duration::from_secs(num("BENCH_CATCHUP_DOWN_SECS", 0)?),
             },
         })
     }
@@ -214,7 +273,7 @@ async fn run(s: Settings) -> Result<()> {
         .map(|r| r.get(0))
         .collect();
     ensure!(meters.len() == METERS, "expected {METERS} meters");
-    let env = Env {
+    let mut env = Env {
         pg,
         broker,
         db_url,
@@ -230,6 +289,7 @@ async fn run(s: Settings) -> Result<()> {
 
     let mut results: BTreeMap<&'static str, Vec<Sample>> = BTreeMap::new();
     let mut latencies = Vec::new();
+    let mut catchups = Vec::new();
     let n = s.readings;
     for rep in 1..=s.repeats {
         eprintln!("— run {rep}/{} —", s.repeats);
@@ -244,22 +304,24 @@ async fn run(s: Settings) -> Result<()> {
             }
             Err(e) => eprintln!("  {case:<26} failed: {e:#}"),
         };
+        let mut db = None;
         if s.wants("db") {
-            record("db ceiling (COPY)", db_ceiling(&env, n).await);
+            let r = db_ceiling(&env, n).await;
+            db = r.as_ref().ok().map(|s| s.readings_per_s);
+            record("db ceiling (COPY)", r);
         }
         if s.wants("broker") {
             record("broker ceiling, 1/msg", broker_ceiling(&env, n, 1).await);
             record("broker ceiling, 10/msg", broker_ceiling(&env, n, 10).await);
         }
-        let mut sustained = None;
+        let (mut sustained, mut sustained10) = (None, None);
         if s.wants("daemon") {
             let r = daemon_run(&env, n, 1, None).await.map(|(s, _)| s);
             sustained = r.as_ref().ok().map(|s| s.readings_per_s);
             record("enalysis-ingest, 1/msg", r);
-            record(
-                "enalysis-ingest, 10/msg",
-                daemon_run(&env, n, 10, None).await.map(|(s, _)| s),
-            );
+            let r = daemon_run(&env, n, 10, None).await.map(|(s, _)| s);
+            sustained10 = r.as_ref().ok().map(|s| s.readings_per_s);
+            record("enalysis-ingest, 10/msg", r);
         }
         if s.wants("corrections") {
             record(
@@ -305,8 +367,23 @@ async fn run(s: Settings) -> Result<()> {
             }
             record(HOSTILE_CASE, r);
         }
+        if s.wants("catch-up") {
+            let live_rate = s
+                .catchup
+                .live_rate
+                .or(sustained10.map(|r| (r / 2.0) as u64))
+                .unwrap_or(100_000)
+                .max(1000);
+            let r = catch_up(&mut env, s.catchup, live_rate, db, sustained10).await;
+            let r = r.map(|(sample, line)| {
+                eprintln!("  {line}");
+                catchups.push((rep, line));
+                sample
+            });
+            record(CATCHUP_CASE, r);
+        }
     }
-    report(&s, &env, &results, &latencies, started.elapsed()).await;
+    report(&s, &env, &results, &latencies, &catchups, started.elapsed()).await;
     Ok(())
 }
 
@@ -524,6 +601,8 @@ struct Simulator {
     out: PathBuf,
     /// Readings it will publish.
     readings: u64,
+    /// Messages a second it is paced at (100,000,000: flat out).
+    msg_rate: u64,
 }
 
 impl Simulator {
@@ -537,6 +616,25 @@ impl Simulator {
     /// corrected (`--corrections`).
     fn start_with(
         env: &Env,
+        readings: u64,
+        per_message: u64,
+        rate: Option<f64>,
+        corrections: f64,
+    ) -> Result<Simulator> {
+        Self::start_via(
+            env,
+            &env.broker.url(),
+            readings,
+            per_message,
+            rate,
+            corrections,
+        )
+    }
+
+    /// As [`Simulator::start_with`], publishing to `mqtt_url` (the catch-up case's [`Gate`]).
+    fn start_via(
+        env: &Env,
+        mqtt_url: &str,
         readings: u64,
         per_message: u64,
         rate: Option<f64>,
@@ -575,7 +673,7 @@ impl Simulator {
             &corrections.to_string(),
         ])
         .env("DATABASE_URL", &env.db_url)
-        .env("MQTT_URL", env.broker.url())
+        .env("MQTT_URL", mqtt_url)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -585,6 +683,7 @@ impl Simulator {
             child,
             out,
             readings: count * per_message,
+            msg_rate,
         })
     }
 
@@ -613,21 +712,41 @@ impl Simulator {
     }
 
     /// Waits for it to finish; the readings it says it published.
-    async fn finish(mut self, timeout: Duration) -> Result<u64> {
+    async fn finish(self, timeout: Duration) -> Result<u64> {
+        Ok(self.finish_summary(timeout).await?.readings)
+    }
+
+    /// Waits for it to finish; its summary line.
+    async fn finish_summary(mut self, timeout: Duration) -> Result<Published> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 let text = std::fs::read_to_string(&self.out).unwrap_or_default();
                 ensure!(status.success(), "the simulator failed: {text}");
-                // "published N messages (M readings, …"
-                let readings = text
+                // "published N messages (M readings, … in S s: R messages/s, broker acked A"
+                let line = text
                     .lines()
                     .find(|l| l.starts_with("published "))
-                    .and_then(|l| l.split_once('('))
-                    .and_then(|(_, r)| r.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
                     .ok_or_else(|| anyhow!("no summary from the simulator: {text}"))?;
-                return Ok(readings);
+                let after = |word: &str| -> Option<f64> {
+                    line.split_once(word)?
+                        .1
+                        .split_whitespace()
+                        .next()?
+                        .trim_end_matches(':')
+                        .parse()
+                        .ok()
+                };
+                let summary = (|| {
+                    Some(Published {
+                        messages: after("published ")? as u64,
+                        readings: after("(")? as u64,
+                        secs: after(" in ")?,
+                        acked: after("broker acked ")? as u64,
+                    })
+                })()
+                .ok_or_else(|| anyhow!("cannot read the simulator's summary: {line}"))?;
+                return Ok(summary);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
@@ -636,6 +755,16 @@ impl Simulator {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A simulator's summary line.
+#[derive(Debug, Clone, Copy)]
+struct Published {
+    messages: u64,
+    readings: u64,
+    secs: f64,
+    /// PUBACKs it had from the broker when it stopped waiting for them.
+    acked: u64,
 }
 
 impl Drop for Simulator {
@@ -1197,6 +1326,400 @@ async fn hostile_flood(env: &Env, flood: Flood, valid_rate: u64) -> Result<Sampl
 }
 
 // ---------------------------------------------------------------------------------------------
+// Catch-up (issue #18)
+
+const CATCHUP_CASE: &str = "enalysis-ingest, catch-up, 10/msg";
+/// Live readings published within this long before a poll may still be in flight (the batch
+/// being filled, up to `ingest.batch_max_age_ms` = 100 ms, and its commit) when the daemon is
+/// caught up: the catch-up criterion leaves them out (see [`catch_up`]).
+const CATCHUP_SLACK: Duration = Duration::from_millis(250);
+
+/// A relay to the broker that listens only once opened. The backlog's simulator reads the
+/// inventory while PostgreSQL is up and publishes through it; until the gate opens its
+/// connections are refused (it retries every 500 ms, its messages waiting in its client), so
+/// nothing of the backlog reaches the broker before PostgreSQL is down.
+struct Gate {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gate {
+    fn closed() -> Gate {
+        Gate {
+            port: common::free_port(),
+            task: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    async fn open(&mut self, broker_port: u16) -> Result<()> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .with_context(|| format!("the gate's port {}", self.port))?;
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await
+                    {
+                        let _ = inbound.set_nodelay(true);
+                        let _ = out.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// The catch-up case on a mosquitto of its own (configured as the shared one, like
+/// `deploy/mosquitto/`), so that its peak RSS is this case's. Whatever happens, PostgreSQL is
+/// running again, the bench's client connected and the shared broker back when it returns.
+async fn catch_up(
+    env: &mut Env,
+    c: Catchup,
+    live_rate: u64,
+    db: Option<f64>,
+    sustained: Option<f64>,
+) -> Result<(Sample, String)> {
+    let shared = std::mem::replace(&mut env.broker, Broker::start());
+    let r = catch_up_on(env, c, live_rate, db, sustained).await;
+    if !env.pg.is_running() {
+        tokio::task::block_in_place(|| env.pg.start());
+    }
+    if env.client.is_closed() {
+        env.client = connect(&env.db_url).await?;
+    }
+    env.broker = shared;
+    r
+}
+
+/// PostgreSQL's cumulative counters (15): WAL bytes, full-page images; buffers written by
+/// backends (evicting dirty pages themselves: shared_buffers is full), by the background
+/// writer, by checkpoints.
+async fn pg_counters(client: &tokio_postgres::Client) -> Result<[f64; 5]> {
+    let row = client
+        .query_one(
+            "SELECT w.wal_bytes::float8, w.wal_fpi::float8, b.buffers_backend::float8,
+                    b.buffers_clean::float8, b.buffers_checkpoint::float8
+             FROM pg_stat_wal w, pg_stat_bgwriter b",
+            &[],
+        )
+        .await?;
+    Ok(std::array::from_fn(|i| row.get(i)))
+}
+
+/// "Saving in-memory database" lines in the broker's log so far: mosquitto rewrites its whole
+/// persistence file each time (`autosave_interval`, 60 s, as `deploy/mosquitto/`), in its one
+/// thread, which costs more the larger the backlog.
+fn mosquitto_saves(broker: &Broker) -> usize {
+    std::fs::read_to_string(broker.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Saving in-memory database"))
+        .count()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    metric_value(text, name).unwrap_or(0.0)
+}
+
+async fn catch_up_on(
+    env: &mut Env,
+    c: Catchup,
+    live_rate: u64,
+    db: Option<f64>,
+    sustained: Option<f64>,
+) -> Result<(Sample, String)> {
+    use enalysis_ingest::telemetry::names::{
+        BUFFERED_BYTES, BUFFERED_READINGS, DB_ERRORS, MQTT_CONNECTED, MQTT_RECONNECTS,
+        MQTT_UNACKED, READINGS_ACCEPTED, READINGS_DUPLICATE,
+    };
+    let backlog = c.readings;
+    let live_secs = c
+        .live_secs
+        .unwrap_or(10 + 3 * backlog / live_rate.max(1))
+        .clamp(1, 600);
+    reset(env).await?;
+    let daemon = Daemon::start(env).await?;
+    let pid = daemon.child.id();
+    // Subscribed; idle once the start-up work is done and nothing is buffered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m0 = daemon.metrics().await?;
+    ensure!(
+        metric(&m0, READINGS_ACCEPTED) == 0.0 && metric(&m0, BUFFERED_READINGS) == 0.0,
+        "the daemon is not idle before the case"
+    );
+
+    // The backlog's publisher: inventory read now, its messages held at the gate.
+    let mut gate = Gate::closed();
+    let mut backlog_sim = Simulator::start_via(env, &gate.url(), backlog, 10, None, 0.0)?;
+    backlog_sim.started().await?;
+
+    // PostgreSQL down. Fast shutdown (SIGINT): it disconnects the daemon's sessions, writes a
+    // shutdown checkpoint and exits, so the next start needs no recovery; "smart" would wait
+    // for the daemon's pooled connections forever, "immediate" is a crash (crash recovery at
+    // start would add WAL replay to the time to the first commit).
+    let stopping = Instant::now();
+    tokio::task::block_in_place(|| env.pg.stop());
+    let stop_secs = stopping.elapsed().as_secs_f64();
+    let down = Instant::now();
+    gate.open(env.broker.port()).await?;
+    let sent = backlog_sim.finish_summary(Duration::from_secs(300)).await?;
+    ensure!(
+        sent.readings == backlog && sent.acked == sent.messages,
+        "the backlog's simulator published {} readings, {} of {} messages acknowledged by the \
+         broker: expected {backlog}, all acknowledged",
+        sent.readings,
+        sent.acked,
+        sent.messages
+    );
+    drop(gate);
+    // A longer outage, if asked: past the keep-alive (30 s), past the writer's longest backoff.
+    let until = down + c.min_down;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m1 = daemon.metrics().await?;
+    ensure!(
+        metric(&m1, MQTT_CONNECTED) == 1.0
+            && metric(&m1, MQTT_RECONNECTS) == metric(&m0, MQTT_RECONNECTS),
+        "the daemon lost the broker while PostgreSQL was down ({} reconnects)",
+        metric(&m1, MQTT_RECONNECTS) - metric(&m0, MQTT_RECONNECTS)
+    );
+    ensure!(
+        metric(&m1, READINGS_ACCEPTED) == 0.0,
+        "readings committed with PostgreSQL down"
+    );
+    let held_messages = metric(&m1, MQTT_UNACKED);
+    let held_mib = metric(&m1, BUFFERED_BYTES) / 1048576.0;
+
+    // PostgreSQL up, and at the same instant the live publisher (it reads the inventory first,
+    // so it can only start once the server accepts connections).
+    let starting = Instant::now();
+    tokio::task::block_in_place(|| env.pg.start());
+    let t_pg = Instant::now();
+    let down_secs = (t_pg - down).as_secs_f64();
+    let start_secs = (t_pg - starting).as_secs_f64();
+    let mut live = Simulator::start(env, live_rate * live_secs, 10, Some(live_rate as f64))?;
+    let live_total = live.readings;
+    let live_msgs_per_s = live.msg_rate as f64;
+    // From PostgreSQL's start: the live simulator's start-up is in.
+    let watch = Watch::start(env, &[("daemon", pid), ("simulator", live.pid())]);
+    let ticks0 = proc_ticks(pid);
+    env.client = connect(&env.db_url).await?;
+    let t_live = live.started().await?;
+    // What the live publisher has published by `at`: its schedule (`simulate` sends what is
+    // due every 10 ms from its "publishing" line on), 10 readings a message, capped at its count.
+    let live_due = |at: Instant| -> u64 {
+        let secs = at.saturating_duration_since(t_live).as_secs_f64();
+        ((secs * live_msgs_per_s) as u64 * 10).min(live_total)
+    };
+    // Poll until caught up: every backlog reading and every live reading published up to
+    // CATCHUP_SLACK before the poll committed.
+    let deadline = t_pg + Duration::from_secs(live_secs + 120);
+    let mut first: Option<(Instant, u64, String)> = None;
+    let saves_before = mosquitto_saves(&env.broker);
+    // (time, batches written, seconds spent writing them), about every second: how the time
+    // per batch moves as the table grows.
+    let mut flushes: Vec<(Instant, f64, f64)> = Vec::new();
+    // Not fatal: other PostgreSQL versions name these differently (17: pg_stat_io).
+    let pg0 = pg_counters(&env.client).await.ok();
+    let (t_caught, caught_at, live_then) = loop {
+        let m = daemon.metrics().await?;
+        let accepted = metric(&m, READINGS_ACCEPTED) as u64;
+        let now = Instant::now();
+        if first.is_none() && accepted > 0 {
+            // The metrics from here on are the drain's alone: the first batch's retries while
+            // PostgreSQL was away are in its flush time, recorded before.
+            first = Some((now, accepted, m.clone()));
+        }
+        if first.is_some()
+            && flushes
+                .last()
+                .is_none_or(|f| now - f.0 >= Duration::from_secs(1))
+        {
+            flushes.push((
+                now,
+                metric(&m, "ingest_flush_duration_seconds_count"),
+                metric(&m, "ingest_flush_duration_seconds_sum"),
+            ));
+        }
+        let due = live_due(now.checked_sub(CATCHUP_SLACK).unwrap_or(now));
+        if accepted >= backlog + due {
+            break (now, accepted, live_due(now));
+        }
+        ensure!(
+            now < deadline,
+            "not caught up {:.0} s after PostgreSQL started: {accepted} of {} + {due} readings \
+             committed",
+            (now - t_pg).as_secs_f64(),
+            backlog
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cores = watch.stop();
+    let cpu = proc_ticks(pid).saturating_sub(ticks0) as f64 / clock_ticks();
+    let m2 = daemon.metrics().await?;
+    let pg1 = pg_counters(&env.client).await.ok();
+    let saves_during = mosquitto_saves(&env.broker) - saves_before;
+    let (t_first, first_accepted, m_first) = first.context("no commit")?;
+    let catch_secs = (t_caught - t_pg).as_secs_f64();
+    let first_secs = (t_first - t_pg).as_secs_f64();
+    let drain = caught_at as f64 / catch_secs;
+    let drain_from_first = (caught_at - first_accepted) as f64 / (t_caught - t_first).as_secs_f64();
+    let live_finished_first = live_then >= live_total;
+
+    // The rest of the live stream, then the table.
+    let live_sent = live
+        .finish_summary(Duration::from_secs(live_secs + 120))
+        .await?;
+    let total = backlog + live_total;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let accepted = daemon.accepted().await?;
+        if accepted >= total {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{accepted} of {total} readings committed 120 s after the live publisher finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m3 = daemon.metrics().await?;
+    let rss = peak_rss_mib(pid);
+    let broker_pid = pid_file(&env.broker.dir().join("server.pid"));
+    let broker_rss = broker_pid.and_then(peak_rss_mib);
+    let saves = mosquitto_saves(&env.broker);
+    daemon.stop().await?;
+    let (count, rejected) = stored(env).await?;
+    ensure!(
+        live_sent.readings == live_total
+            && live_sent.acked == live_sent.messages
+            && count as u64 == total
+            && rejected == 0,
+        "published {backlog} + {} (broker acked {} of {} live messages), stored {count}, \
+         rejected {rejected}: expected {total} stored exactly once",
+        live_sent.readings,
+        live_sent.acked,
+        live_sent.messages
+    );
+
+    // Batches written from the first commit to catch-up (the first one, with its retries,
+    // before): their size, how long each took, and the share of that time the writer spent
+    // writing (1: it never waited for a batch, so it was the limit).
+    let d = |name: &str| metric(&m2, name) - metric(&m_first, name);
+    let batches = d("ingest_batch_rows_count");
+    let mean_batch = d("ingest_batch_rows_sum") / batches.max(1.0);
+    let flush_secs = d("ingest_flush_duration_seconds_sum");
+    let mean_flush_ms = 1000.0 * flush_secs / d("ingest_flush_duration_seconds_count").max(1.0);
+    let writer_busy = flush_secs / (t_caught - t_first).as_secs_f64();
+    // ms per batch in each fifth of the drain (from the first commit).
+    flushes.push((
+        t_caught,
+        metric(&m2, "ingest_flush_duration_seconds_count"),
+        metric(&m2, "ingest_flush_duration_seconds_sum"),
+    ));
+    let fifths: Vec<String> = (0..5)
+        .filter_map(|k| {
+            let at = |q: usize| flushes[(flushes.len() - 1) * q / 5];
+            let (a, b) = (at(k), at(k + 1));
+            (b.1 > a.1).then(|| format!("{:.0}", 1000.0 * (b.2 - a.2) / (b.1 - a.1)))
+        })
+        .collect();
+    let pg_line = match (pg0, pg1) {
+        (Some(a), Some(b)) => format!(
+            "PostgreSQL meanwhile: {:.0} MiB of WAL ({:.0} full-page images), {:.0} buffers \
+             written by backends, {:.0} by the background writer, {:.0} by checkpoints",
+            (b[0] - a[0]) / 1048576.0,
+            b[1] - a[1],
+            b[2] - a[2],
+            b[3] - a[3],
+            b[4] - a[4]
+        ),
+        _ => "PostgreSQL's counters not read".to_string(),
+    };
+    let ratio = |rate: f64, of: Option<f64>, what: &str| match of {
+        Some(x) if x > 0.0 => format!(" = {:.2} × {what}", rate / x),
+        _ => String::new(),
+    };
+    let target = match db {
+        Some(x) if drain >= 0.8 * x => "; target ≥ 0.80 × the COPY ceiling: met".to_string(),
+        Some(_) => "; target ≥ 0.80 × the COPY ceiling: NOT met".to_string(),
+        None => String::new(),
+    };
+    let line = format!(
+        "backlog {} readings ({} messages at 10/msg) published in {:.1} s while PostgreSQL was \
+         down ({:.1} s down; fast shutdown took {stop_secs:.1} s; the daemon held {held_messages:.0} \
+         messages unacknowledged, {held_mib:.1} MiB of its budget, and stayed connected); \
+         PostgreSQL ready {start_secs:.1} s after its start, live publisher at {} readings/s from \
+         then on ({} in {live_secs} s; it published for {:.1} s): first commit {first_secs:.1} s \
+         after PostgreSQL was ready, caught up after {catch_secs:.1} s ({} readings committed, \
+         {} of them live{}); **drain {} readings/s**{}{}{target}, from the first commit {} \
+         readings/s{}; after it {batches:.0} batches of {mean_batch:.0} rows on average, \
+         {mean_flush_ms:.1} ms each to write and commit (by fifth of the drain: {} ms), the \
+         writer busy {:.0}% of the time; {pg_line}; \
+         overflow peak {:.0} messages; MQTT reconnects {:.0}, database errors {:.0}, duplicates \
+         {:.0}; peak RSS daemon {:.0} MiB, mosquitto {:.0} MiB (a broker of its own for the \
+         case; {saves} persistence saves in its log, {saves_during} of them during the drain); \
+         then all {} readings stored exactly once, none rejected",
+        thousands(backlog as f64),
+        thousands(sent.messages as f64),
+        sent.secs,
+        down_secs,
+        thousands(live_rate as f64),
+        thousands(live_total as f64),
+        live_sent.secs,
+        thousands(caught_at as f64),
+        thousands(caught_at.saturating_sub(backlog) as f64),
+        if live_finished_first {
+            ", only once the live publisher's schedule had ended: BENCH_CATCHUP_LIVE_SECS too \
+             short, or the publisher behind its schedule"
+        } else {
+            ""
+        },
+        thousands(drain),
+        ratio(drain, db, "the COPY ceiling"),
+        ratio(drain, sustained, "the sustained 10/msg rate"),
+        thousands(drain_from_first),
+        ratio(drain_from_first, db, "the COPY ceiling"),
+        fifths.join(", "),
+        writer_busy * 100.0,
+        metric(&m2, "ingest_mqtt_overflow_peak_messages"),
+        metric(&m3, MQTT_RECONNECTS) - metric(&m0, MQTT_RECONNECTS),
+        metric(&m3, DB_ERRORS) - metric(&m0, DB_ERRORS),
+        metric(&m3, READINGS_DUPLICATE) - metric(&m0, READINGS_DUPLICATE),
+        rss.unwrap_or(f64::NAN),
+        broker_rss.unwrap_or(f64::NAN),
+        thousands(total as f64),
+    );
+    Ok((
+        Sample {
+            readings_per_s: drain,
+            cpu_us_per_reading: Some(cpu * 1e6 / caught_at as f64),
+            peak_rss_mib: rss,
+            cores,
+            complete: true,
+            ..Default::default()
+        },
+        line,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Peers
 
 struct Peer {
@@ -1377,6 +1900,7 @@ async fn report(
     env: &Env,
     results: &BTreeMap<&'static str, Vec<Sample>>,
     latencies: &[Latency],
+    catchups: &[(usize, String)],
     elapsed: Duration,
 ) {
     let median = |case: &str| {
@@ -1441,6 +1965,7 @@ async fn report(
         "enalysis-ingest, 10/msg",
         CORRECTIONS_CASE,
         HOSTILE_CASE,
+        CATCHUP_CASE,
         "python bridge, 1/msg",
         "python bridge, 10/msg",
         "node-red, 1/msg",
@@ -1516,6 +2041,12 @@ async fn report(
             p99.1,
             p99.2
         );
+    }
+    if !catchups.is_empty() {
+        println!();
+        for (rep, line) in catchups {
+            println!("Catch-up, run {rep}: {line}");
+        }
     }
     println!();
     for per_message in ["1/msg", "10/msg"] {
