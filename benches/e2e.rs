@@ -100,6 +100,8 @@ struct Settings {
     peer_window: Duration,
     bench_dir: PathBuf,
     cases: Option<Vec<String>>,
+    /// `BENCH_PG_SETTINGS`: PostgreSQL settings beyond the bench's own, `name=value` each.
+    pg_settings: Vec<(String, String)>,
     flood: Flood,
     catchup: Catchup,
 }
@@ -158,6 +160,17 @@ impl Settings {
             cases: std::env::var("BENCH_CASES")
                 .ok()
                 .map(|s| s.split(',').map(|c| c.trim().to_string()).collect()),
+            pg_settings: std::env::var("BENCH_PG_SETTINGS")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| match s.split_once('=') {
+                    Some((name, value)) => Ok((name.trim().to_string(), value.trim().to_string())),
+                    None => Err(anyhow::anyhow!(
+                        "BENCH_PG_SETTINGS: {s:?} is not name=value"
+                    )),
+                })
+                .collect::<Result<_>>()?,
             flood: Flood {
                 secs: num("BENCH_FLOOD_SECS", 20)?.max(1),
                 rate: num("BENCH_FLOOD_RATE", 20)?.max(1),
@@ -244,7 +257,7 @@ struct Env {
 async fn run(s: Settings) -> Result<()> {
     let started = Instant::now();
     eprintln!("starting PostgreSQL (fsync=on, synchronous_commit=on) and mosquitto …");
-    let pg = PgServer::dedicated_with(&[
+    let mut settings = vec![
         ("fsync", "on"),
         ("synchronous_commit", "on"),
         ("full_page_writes", "on"),
@@ -252,7 +265,11 @@ async fn run(s: Settings) -> Result<()> {
         // when WAL is flushed to the heap: each case starts from a checkpoint.
         ("max_wal_size", "4GB"),
         ("checkpoint_timeout", "30min"),
-    ]);
+    ];
+    // E.g. `commit_delay=5000,commit_siblings=0`: each commit waits 5 ms before its WAL flush,
+    // the latency of network-attached storage.
+    settings.extend(s.pg_settings.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let pg = PgServer::dedicated_with(&settings);
     let broker = Broker::start();
     let db_url = pg.url("postgres");
     cli(&db_url, &broker.url(), &["migrate"])?;
@@ -1947,7 +1964,11 @@ async fn report(
         elapsed.as_secs_f64()
     );
     println!(
-        "PostgreSQL {pg_version} (fsync=on, synchronous_commit=on), {mosquitto}, {} CPUs; median [min – max]",
+        "PostgreSQL {pg_version} (fsync=on, synchronous_commit=on{}), {mosquitto}, {} CPUs; median [min – max]",
+        s.pg_settings
+            .iter()
+            .map(|(n, v)| format!(", {n}={v}"))
+            .collect::<String>(),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0)
