@@ -55,8 +55,10 @@
 //! consumer's sustained rate (bounded by the publisher's and the broker's). CPU is read from
 //! /proc for each process tree over the same interval, which says who was the bottleneck.
 //!
-//! Settings (environment): `BENCH_REPEATS` (3), `BENCH_READINGS` (300000 per case),
-//! `BENCH_PEER_WINDOW_SECS` (12), `BENCH_DIR` (`.bench`, where the peers are installed),
+//! Settings (environment): `BENCH_REPEATS` (3), `BENCH_READINGS` (2000000 per case: at 300,000
+//! a 10/msg case lasted ~1 s, of which the first and last batch's age wait took ~0.2 s),
+//! `BENCH_PG_SETTINGS` (`name=value,…` beyond the bench's PostgreSQL settings; e.g.
+//! `commit_delay=5000,commit_siblings=0`, 5-ms commits), `BENCH_PEER_WINDOW_SECS` (12), `BENCH_DIR` (`.bench`, where the peers are installed),
 //! `BENCH_CASES` (comma-separated case names to run; default all), `BENCH_FLOOD_SECS` (20),
 //! `BENCH_FLOOD_RATE` (20 flood messages/s), `BENCH_FLOOD_BUDGET_MIB` (64, the shipped
 //! default), `BENCH_FLOOD_VALID_RATE` (valid readings/s beside the flood; default half the
@@ -140,7 +142,7 @@ impl Settings {
                 Err(_) => Ok(default),
             }
         }
-        let readings = num("BENCH_READINGS", 300_000)?;
+        let readings = num("BENCH_READINGS", 2_000_000)?;
         ensure!(
             readings >= 10_000 && readings % 10 == 0,
             "BENCH_READINGS must be a multiple of 10, at least 10000"
