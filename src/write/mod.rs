@@ -241,16 +241,28 @@ impl Writer {
         abort: &CancellationToken,
     ) -> Option<Result<Written, String>> {
         let mut own_failures = 0;
+        let mut failures = 0u32;
+        let started = std::time::Instant::now();
         // A new attempt (a half, an isolated message) starts from the shortest delay.
         self.backoff.reset();
         loop {
             let e = match self.try_write(part, attempt).await {
                 Ok(written) => {
                     self.backoff.reset();
+                    if failures > 0 {
+                        // The other half of the "retrying" warnings: the database is back.
+                        tracing::info!(
+                            rows = part.rows(),
+                            failed_attempts = failures,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "batch written after retries"
+                        );
+                    }
                     return Some(Ok(written));
                 }
                 Err(e) => e,
             };
+            failures += 1;
             // Types may be stale after the database was re-created; cheap to re-read.
             self.types = None;
             metrics::counter!(names::DB_ERRORS).increment(1);

@@ -137,6 +137,8 @@ async fn the_database_stopped_and_started_mid_stream_loses_nothing() {
     pg.start();
     let client = support::connect(&db).await;
     assert_exactly_once(&client, total).await;
+    // The operator reading the log sees the database come back, not only the warnings stop.
+    daemon.wait_for_log("batch written after retries", 1).await;
 }
 
 #[tokio::test]
