@@ -990,6 +990,23 @@ impl Daemon {
         Ok(metric_value(&m, "ingest_readings_accepted_total").unwrap_or(0.0) as u64)
     }
 
+    /// Waits until the daemon has committed `n` readings, polling every 20 ms (the cases time
+    /// their end by it).
+    async fn wait_accepted(&self, n: u64, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let accepted = self.accepted().await?;
+            if accepted >= n {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "only {accepted} of {n} readings committed within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -1092,18 +1109,10 @@ async fn daemon_run_with(
     let mut watch = Watch::start(env, &[("simulator", sim.pid()), ("daemon", daemon_pid)]);
     let t0 = sim.started().await?;
     watch.restart();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let accepted = daemon.accepted().await?;
-        if accepted >= n {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "only {accepted} of {n} readings committed after 180 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon
+        .wait_accepted(n, Duration::from_secs(180))
+        .await
+        .context("after the simulator started")?;
     let end = Instant::now();
     let cores = watch.stop();
     let cpu = proc_ticks(daemon_pid).saturating_sub(ticks0) as f64 / clock_ticks();
@@ -1606,18 +1615,10 @@ async fn catch_up_on(
         .finish_summary(Duration::from_secs(live_secs + 120))
         .await?;
     let total = backlog + live_total;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let accepted = daemon.accepted().await?;
-        if accepted >= total {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{accepted} of {total} readings committed 120 s after the live publisher finished"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .wait_accepted(total, Duration::from_secs(120))
+        .await
+        .context("after the live publisher finished")?;
     let m3 = daemon.metrics().await?;
     let rss = peak_rss_mib(pid);
     let broker_pid = pid_file(&env.broker.dir().join("server.pid"));
