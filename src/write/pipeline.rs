@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Writer, Written};
 use crate::ack::Acker;
-use crate::batch::{Accepted, Batch, Part};
+use crate::batch::{Accepted, Batch};
 use crate::db;
 use crate::model::Reason;
 use crate::silence::LastReadings;
@@ -78,7 +78,7 @@ impl Writer {
         if part.rows() == 0 {
             return Prepared::Nothing;
         }
-        if self.staged_left > 0 || rejected_payload_bytes(&part) > PIPELINED_PAYLOAD_BYTES {
+        if self.staged_left > 0 || part.rejected_payload_bytes() > PIPELINED_PAYLOAD_BYTES {
             return Prepared::Declined;
         }
         let started = Instant::now();
@@ -104,20 +104,6 @@ impl Writer {
             }
         }
     }
-}
-
-/// The bytes of the payloads a part's rejection rows store (each message with rejections once).
-fn rejected_payload_bytes(part: &Part<'_>) -> usize {
-    let mut last = None;
-    let mut bytes = 0;
-    for r in part.rejected {
-        // In message order: a message's rejections are next to each other.
-        if last != Some(r.message) {
-            last = Some(r.message);
-            bytes += part.message(r.message).map_or(0, |m| m.payload.len());
-        }
-    }
-    bytes
 }
 
 /// Ends a transaction that will not commit; a connection that cannot is not reused.

@@ -170,6 +170,22 @@ impl<'a> Part<'a> {
         self.accepted.len() + self.rejected.len()
     }
 
+    /// The bytes of the payloads this part's rejection rows store: each message with
+    /// rejections once (every message keeps its payload, most only until their batch is
+    /// written).
+    pub fn rejected_payload_bytes(&self) -> usize {
+        let mut last = None;
+        let mut bytes = 0;
+        for r in self.rejected {
+            // In message order: a message's rejections are next to each other.
+            if last != Some(r.message) {
+                last = Some(r.message);
+                bytes += self.message(r.message).map_or(0, |m| m.payload.len());
+            }
+        }
+        bytes
+    }
+
     /// The two halves, by message; `None` for a single message.
     pub fn split(&self) -> Option<(Part<'a>, Part<'a>)> {
         if self.messages.len() < 2 {
@@ -260,6 +276,11 @@ mod tests {
         let rejected: Vec<u32> = c.rejected.iter().map(|r| r.message).collect();
         assert_eq!(rejected, [0, 1]);
         assert_eq!(c.rows(), 5);
+        // Messages 0 and 1 have rejections (1 twice over: its one rejection), 2 has none.
+        assert_eq!(
+            c.whole().rejected_payload_bytes(),
+            c.messages[0].payload.len() + c.messages[1].payload.len()
+        );
 
         let whole = c.whole();
         assert_eq!((whole.messages.len(), whole.first, whole.rows()), (3, 0, 5));
