@@ -442,6 +442,59 @@ async fn an_hourly_meter_counts_10_59_59_999_in_the_10_oclock_slot_and_11_00_in_
     drop(e.daemon);
 }
 
+/// An intermittent meter: 10,001 gaps in the window. The answer lists the earliest 10,000 and
+/// counts them all; `expected` and `present` stay exact.
+#[tokio::test]
+async fn a_meter_with_more_gaps_than_the_answer_lists_counts_them_all() {
+    let e = start(&[]).await;
+    e.s.client
+        .execute(
+            "UPDATE meters SET reading_frequency = '1min' WHERE id = $1",
+            &[&e.s.ids.meter],
+        )
+        .await
+        .expect("1min");
+    let base = (Utc::now() - TimeDelta::days(15))
+        .duration_trunc(TimeDelta::minutes(1))
+        .expect("trunc");
+    // A reading every other minute: minutes 0, 2, …, 20,000 present, 1, 3, …, 20,001 missing.
+    e.s.client
+        .execute(
+            "INSERT INTO measurements (entity_type, entity_id, metric, ts, value, unit)
+             SELECT 'meter', $1, 'energy', $2::timestamptz + (2 * g) * interval '1 minute', g, 'kWh'
+             FROM generate_series(0, 10000) g",
+            &[&e.s.ids.meter, &base],
+        )
+        .await
+        .expect("readings");
+    let v = get_ok(
+        e.port,
+        &completeness_path(
+            "meters",
+            e.s.ids.meter,
+            base,
+            base + TimeDelta::minutes(20_002),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (
+            v["expected"].as_i64(),
+            v["present"].as_i64(),
+            v["gaps_total"].as_i64()
+        ),
+        (Some(20_002), Some(10_001), Some(10_001)),
+        "{}",
+        v["gaps_total"]
+    );
+    let listed = gaps(&v);
+    assert_eq!(listed.len(), 10_000);
+    let minute = |m: i64| rfc(base + TimeDelta::minutes(m));
+    assert_eq!(listed[0], gap(&minute(1), &minute(2), 1));
+    assert_eq!(listed[9_999], gap(&minute(19_999), &minute(20_000), 1));
+    drop(e.daemon);
+}
+
 /// The silent entities of `/api/v1/silent` (optionally `?kind=`), by id.
 async fn silent(port: u16, query: &str) -> Vec<Value> {
     let v = get_ok(port, &format!("/api/v1/silent{query}")).await;

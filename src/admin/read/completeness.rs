@@ -46,9 +46,10 @@ pub fn routes() -> Vec<ReadRoute> {
         routes.push(ReadRoute::under(
             meters,
             "completeness",
-            "Completeness of a meter's readings: expected and present slots of its reading \
-             frequency, and the gaps"
-                .into(),
+            format!(
+                "Completeness of a meter's readings: expected and present slots of its reading \
+                 frequency, and the gaps (the earliest {MAX_GAPS}; `gaps_total` counts them all)"
+            ),
             COMPLETENESS_PARAMS,
             "completeness",
             get(meter),
@@ -153,13 +154,21 @@ const METER: &str = "
         SELECT seq.prev AS gfrom, seq.start AS gto,
                reading_slots_between(sp.f, sp.tz, seq.prev, seq.start) AS n
         FROM seq, sp WHERE seq.start > seq.prev
+    ), shown AS (
+        SELECT * FROM gaps ORDER BY gfrom LIMIT $5
     )
     SELECT sp.f::text, reading_slots_between(sp.f, sp.tz, sp.lo, sp.hi),
            (SELECT count(*) FROM h),
-           (SELECT coalesce(array_agg(gfrom ORDER BY gfrom), '{}') FROM gaps),
-           (SELECT coalesce(array_agg(gto ORDER BY gfrom), '{}') FROM gaps),
-           (SELECT coalesce(array_agg(n ORDER BY gfrom), '{}') FROM gaps)
+           (SELECT count(*) FROM gaps),
+           (SELECT coalesce(array_agg(gfrom ORDER BY gfrom), '{}') FROM shown),
+           (SELECT coalesce(array_agg(gto ORDER BY gfrom), '{}') FROM shown),
+           (SELECT coalesce(array_agg(n ORDER BY gfrom), '{}') FROM shown)
     FROM sp";
+
+/// Most gaps a meter's answer lists (the earliest); `gaps_total` counts them all. Without it one
+/// request for years of an intermittent 1-min meter would build millions of objects in the
+/// daemon that ingests (its memory is the ingest path's too).
+pub const MAX_GAPS: i64 = 10_000;
 
 async fn meter(
     State(state): State<AdminState>,
@@ -171,16 +180,17 @@ async fn meter(
     let w = window(q)?;
     let client = state.db.get().await?;
     let row = client
-        .query_opt(METER, &[&id, &w.metric, &w.from, &w.to])
+        .query_opt(METER, &[&id, &w.metric, &w.from, &w.to, &MAX_GAPS])
         .await
         .map_err(query_failed)?
         .ok_or_else(|| ApiError::not_found(format!("no meter {id}")))?;
     let frequency: String = row.try_get(0)?;
     let expected: i64 = row.try_get(1)?;
     let present: i64 = row.try_get(2)?;
-    let gap_from: Vec<DateTime<Utc>> = row.try_get(3)?;
-    let gap_to: Vec<DateTime<Utc>> = row.try_get(4)?;
-    let missing: Vec<i64> = row.try_get(5)?;
+    let gaps_total: i64 = row.try_get(3)?;
+    let gap_from: Vec<DateTime<Utc>> = row.try_get(4)?;
+    let gap_to: Vec<DateTime<Utc>> = row.try_get(5)?;
+    let missing: Vec<i64> = row.try_get(6)?;
     let gaps: Vec<Value> = gap_from
         .into_iter()
         .zip(gap_to)
@@ -199,6 +209,7 @@ async fn meter(
         "present": present,
         "completeness": ratio(present, expected),
         "gaps": gaps,
+        "gaps_total": gaps_total,
     })))
 }
 
