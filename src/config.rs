@@ -513,6 +513,10 @@ impl Config {
         if i.max_age_days == 0 || i.max_age_days > 36500 {
             return invalid("ingest.max_age_days", "must be 1 to 36500".into());
         }
+        // A day is far beyond any clock's skew, and keeps the value a valid time span.
+        if i.max_clock_skew > Duration::from_secs(86_400) {
+            return invalid("ingest.max_clock_skew_secs", "must be 0 to 86400".into());
+        }
         if i.retry_min.is_zero() || i.retry_min > i.retry_max {
             return invalid(
                 "ingest.retry_min_ms",
@@ -923,6 +927,12 @@ mod tests {
             ("MQTT_URL", "http://broker", "mqtt.url"),
             ("ENALYSIS_HTTP_ADDR", "localhost", "http.addr"),
             ("ENALYSIS_DATABASE__POOL_SIZE", "0", "database.pool_size"),
+            // Past chrono's range: once a panic at start-up, or a negative skew.
+            (
+                "ENALYSIS_INGEST__MAX_CLOCK_SKEW_SECS",
+                "10000000000000000",
+                "ingest.max_clock_skew_secs",
+            ),
         ] {
             let err = load(&[(var, value)]).expect_err(var);
             assert!(err.to_string().contains(key), "{var}: {err}");
