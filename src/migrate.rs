@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_text_limits"),
     migration!(6, "0006_corrections"),
     migration!(7, "0007_completeness"),
+    migration!(8, "0008_site_time_zones"),
 ];
 
 /// Held for the whole run, so a second migrator waits instead of racing.

@@ -509,6 +509,11 @@ pub fn max_chars(table: &str, column: &str) -> Option<usize> {
 /// Constraints with PostgreSQL's default names (`meters_site_id_fkey`) need no entry.
 const CONSTRAINTS: &[(&str, &str, &str)] = &[
     (
+        "sites_timezone_known",
+        "timezone",
+        "unknown time zone (expected a name such as Europe/Brussels)",
+    ),
+    (
         "portfolios_name_key",
         "name",
         "another portfolio already has this name",

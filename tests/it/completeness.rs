@@ -367,11 +367,14 @@ async fn a_daily_meter_in_brussels_has_a_25_hour_day_in_october_and_a_23_hour_da
         (Some(3), Some(2)),
         "{v}"
     );
-    // A time zone PostgreSQL does not know (the column is free text): a 400 that says so.
-    c.execute(
-        "UPDATE sites SET timezone = 'Mars/Olympus_Mons' WHERE id = $1",
-        &[&e.s.ids.site],
-    )
+    // A time zone PostgreSQL does not know, stored before migration 0008 refused such values
+    // (its trigger off for the update): a 400 that says so.
+    c.batch_execute(&format!(
+        "ALTER TABLE sites DISABLE TRIGGER sites_timezone_known;
+         UPDATE sites SET timezone = 'Mars/Olympus_Mons' WHERE id = '{}';
+         ALTER TABLE sites ENABLE TRIGGER sites_timezone_known;",
+        e.s.ids.site
+    ))
     .await
     .expect("timezone");
     let (status, v) = get(
