@@ -14,7 +14,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
-use crate::support::{self, Daemon, Publisher, daemon_env, set_env, wait_count, with_http_port};
+use crate::support::{
+    self, Daemon, Publisher, assert_exactly_once, daemon_env, dedicated_with_inventory, set_env,
+    wait_count, with_http_port,
+};
 
 /// Distinct readings: message `i` carries one reading, value `i`, at a timestamp of its own
 /// (a fixed base plus `i` ms, so the same `i` is always the same reading).
@@ -44,49 +47,11 @@ async fn assert_ingesting_again(
     published: i64,
 ) {
     if let Some(port) = port {
-        common::wait_until(
-            Duration::from_secs(20),
-            "/readyz to answer 200",
-            || async move {
-                support::http_get(port, "/readyz")
-                    .await
-                    .starts_with("HTTP/1.0 200")
-            },
-        )
-        .await;
+        support::wait_readyz(port, 200, "").await;
     }
     let p = Publisher::connect(broker_url).await;
     publish_owned(&p, topic, published..published + 100, 100).await;
     assert_exactly_once(client, published + 100).await;
-}
-
-/// Waits until exactly `total` readings are stored and checks they are the published ones:
-/// reading `i` carries value `i`, so `total` distinct values from 0 to `total - 1` mean nothing
-/// lost and nothing else stored (the primary key already rules out a reading stored twice).
-async fn assert_exactly_once(client: &tokio_postgres::Client, total: i64) {
-    wait_count(client, "SELECT count(*) FROM measurements", total).await;
-    let row = client
-        .query_one(
-            "SELECT count(DISTINCT value), min(value), max(value) FROM measurements",
-            &[],
-        )
-        .await
-        .expect("values");
-    assert_eq!(row.get::<_, i64>(0), total);
-    assert_eq!(row.get::<_, f64>(1), 0.0);
-    assert_eq!(row.get::<_, f64>(2), (total - 1) as f64);
-}
-
-/// A cluster of its own (the test stops or disturbs it), migrated, with the test inventory.
-async fn dedicated_with_inventory() -> (common::PgServer, common::TestDb, support::Ids) {
-    let pg = common::PgServer::dedicated();
-    let db = common::fresh_db(&pg).await;
-    let mut client = support::connect(&db.url).await;
-    enalysis_ingest::migrate::run(&mut client)
-        .await
-        .expect("migrate");
-    let ids = support::insert_hierarchy(&client).await;
-    (pg, db, ids)
 }
 
 #[tokio::test]
@@ -213,16 +178,7 @@ async fn readyz_says_503_while_the_database_is_down_and_200_when_it_is_back() {
             .starts_with("HTTP/1.0 200")
     );
     pg.start();
-    common::wait_until(
-        std::time::Duration::from_secs(20),
-        "/readyz to be 200 again",
-        || async move {
-            support::http_get(port, "/readyz")
-                .await
-                .starts_with("HTTP/1.0 200")
-        },
-    )
-    .await;
+    support::wait_readyz(port, 200, "").await;
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::json;
 
 use crate::common::{self, PgPair, Replication};
-use crate::support::{self, Daemon, Publisher, daemon_env, set_env, wait_count, with_http_port};
+use crate::support::{
+    self, Daemon, Publisher, assert_exactly_once, daemon_env, set_env, wait_count, with_http_port,
+};
 
 /// The tests' keep-alive (`support::daemon_env`), the smallest the daemon accepts.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -34,21 +36,6 @@ fn ten_readings(m: i64) -> String {
 /// Message `m` of `per` readings, `per * m..per * (m + 1)`.
 fn readings(m: i64, per: i64) -> String {
     json!((per * m..per * (m + 1)).map(reading).collect::<Vec<_>>()).to_string()
-}
-
-/// Exactly `total` readings stored, the values 0..total: nothing lost, nothing else stored.
-async fn assert_exactly_once(client: &tokio_postgres::Client, total: i64) {
-    wait_count(client, "SELECT count(*) FROM measurements", total).await;
-    let row = client
-        .query_one(
-            "SELECT count(DISTINCT value), min(value), max(value) FROM measurements",
-            &[],
-        )
-        .await
-        .expect("values");
-    assert_eq!(row.get::<_, i64>(0), total);
-    assert_eq!(row.get::<_, f64>(1), 0.0);
-    assert_eq!(row.get::<_, f64>(2), (total - 1) as f64);
 }
 
 /// The value of an unlabelled metric on the daemon's `/metrics`.
@@ -157,13 +144,8 @@ async fn a_publisher_faster_than_the_database_for_several_keep_alive_periods_cau
 /// Maximum, the queue's size, while no acks flow.)
 #[tokio::test]
 async fn a_database_outage_longer_than_the_keep_alive_with_a_backlog_causes_no_reconnect() {
-    let mut pg = common::PgServer::dedicated();
-    let db = common::fresh_db(&pg).await;
+    let (mut pg, db, ids) = support::dedicated_with_inventory().await;
     let client = support::connect(&db.url).await;
-    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
-        .await
-        .expect("migrate");
-    let ids = support::insert_hierarchy(&client).await;
     let broker = common::Broker::start();
     let mut env = daemon_env(&db.url, &broker.url());
     // The smallest budget these packets allow: 11 x 64 KiB kept for one read, 4 MiB more.
@@ -366,17 +348,7 @@ async fn assert_followed(f: &mut AfterFailover) {
         1,
         "{log}"
     );
-    let port = f.port;
-    common::wait_until(
-        Duration::from_secs(20),
-        "/readyz to be 200",
-        || async move {
-            support::http_get(port, "/readyz")
-                .await
-                .starts_with("HTTP/1.0 200")
-        },
-    )
-    .await;
+    support::wait_readyz(f.port, 200, "").await;
 }
 
 /// With a synchronous standby, every reading is stored exactly once on the new primary, and
@@ -486,15 +458,7 @@ async fn a_daemon_pointed_only_at_a_standby_waits_and_acks_nothing() {
         p.publish(&topic, ten_readings(m)).await;
     }
     p.wait_acked(messages as usize).await;
-    common::wait_until(
-        Duration::from_secs(20),
-        "/readyz to be 503 naming the read-only server",
-        || async move {
-            let r = support::http_get(port, "/readyz").await;
-            r.starts_with("HTTP/1.0 503") && r.contains("no server accepts writes")
-        },
-    )
-    .await;
+    support::wait_readyz(port, 503, "no server accepts writes").await;
     waiting
         .wait_for_log(
             "no server accepts writes (target_session_attrs=read-write)",
@@ -520,13 +484,8 @@ async fn a_daemon_pointed_only_at_a_standby_waits_and_acks_nothing() {
 /// exactly once.
 #[tokio::test]
 async fn a_server_turned_read_only_is_waited_for_never_taken_for_a_row_error() {
-    let pg = common::PgServer::dedicated();
-    let db = common::fresh_db(&pg).await;
+    let (pg, db, ids) = support::dedicated_with_inventory().await;
     let client = support::connect(&db.url).await;
-    enalysis_ingest::migrate::run(&mut support::connect(&db.url).await)
-        .await
-        .expect("migrate");
-    let ids = support::insert_hierarchy(&client).await;
     let broker = common::Broker::start();
     let url = format!("{}?target_session_attrs=read-write", db.url);
     let mut env = daemon_env(&url, &broker.url());
@@ -551,15 +510,7 @@ async fn a_server_turned_read_only_is_waited_for_never_taken_for_a_row_error() {
     }
     p.wait_acked(messages as usize).await;
     daemon.wait_for_log("read-only transaction", 1).await;
-    common::wait_until(
-        Duration::from_secs(20),
-        "/readyz to be 503 naming the read-only server",
-        || async move {
-            let r = support::http_get(port, "/readyz").await;
-            r.starts_with("HTTP/1.0 503") && r.contains("no server accepts writes")
-        },
-    )
-    .await;
+    support::wait_readyz(port, 503, "no server accepts writes").await;
     let stored: i64 = client
         .query_one("SELECT count(*) FROM measurements", &[])
         .await

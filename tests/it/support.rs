@@ -427,6 +427,52 @@ pub async fn wait_count(client: &tokio_postgres::Client, sql: &str, expected: i6
 }
 
 /// A plain HTTP/1.0 GET against the daemon's listener; the whole response, headers included.
+/// Waits until exactly `total` readings are stored and checks they are the published ones:
+/// reading `i` carries value `i`, so `total` distinct values from 0 to `total - 1` mean nothing
+/// lost and nothing else stored (the primary key already rules out a reading stored twice).
+pub async fn assert_exactly_once(client: &tokio_postgres::Client, total: i64) {
+    wait_count(client, "SELECT count(*) FROM measurements", total).await;
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT value), min(value), max(value) FROM measurements",
+            &[],
+        )
+        .await
+        .expect("values");
+    assert_eq!(row.get::<_, i64>(0), total);
+    assert_eq!(row.get::<_, f64>(1), 0.0);
+    assert_eq!(row.get::<_, f64>(2), (total - 1) as f64);
+}
+
+/// A cluster of its own (the test stops or disturbs it), migrated, with the test inventory.
+pub async fn dedicated_with_inventory() -> (common::PgServer, common::TestDb, Ids) {
+    let pg = common::PgServer::dedicated();
+    let db = common::fresh_db(&pg).await;
+    let mut client = connect(&db.url).await;
+    enalysis_ingest::migrate::run(&mut client)
+        .await
+        .expect("migrate");
+    let ids = insert_hierarchy(&client).await;
+    (pg, db, ids)
+}
+
+/// Waits (at most 20 s) until `/readyz` answers `status` with `text` in the response.
+pub async fn wait_readyz(port: u16, status: u16, text: &str) {
+    let head = format!("HTTP/1.0 {status}");
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        &format!("/readyz to answer {status} with {text:?}"),
+        || {
+            let head = &head;
+            async move {
+                let r = http_get(port, "/readyz").await;
+                r.starts_with(head.as_str()) && r.contains(text)
+            }
+        },
+    )
+    .await;
+}
+
 pub async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))

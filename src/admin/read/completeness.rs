@@ -12,11 +12,11 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Accepts, QueryParam, ReadRoute, json_rows, parse_time, query_error};
+use super::{Accepts, QueryParam, ReadRoute, json_rows, known_metric, query_error};
 use crate::admin::{AdminState, ApiError, schema};
 
 /// The metric when `metric` is not given.
@@ -84,18 +84,9 @@ struct Window {
 }
 
 fn window(q: CompletenessQuery) -> Result<Window, ApiError> {
-    let to = parse_time("to", &q.to)?.unwrap_or_else(Utc::now);
-    let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
-    if from >= to {
-        return Err(ApiError::bad_request("from", "must be before `to`"));
-    }
+    let (from, to) = super::window(&q.from, &q.to, Utc::now())?;
     let metric = q.metric.unwrap_or_else(|| DEFAULT_METRIC.to_string());
-    if crate::catalogue::lookup(&metric).is_none() {
-        return Err(ApiError::bad_request(
-            "metric",
-            format!("unknown metric {metric:?}"),
-        ));
-    }
+    known_metric(&metric)?;
     Ok(Window { metric, from, to })
 }
 

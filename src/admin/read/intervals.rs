@@ -18,14 +18,14 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use chrono::{DateTime, Duration, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::{Accepts, QueryParam, ReadRoute, parse_time, query_error};
+use super::{Accepts, QueryParam, ReadRoute, query_error};
 use crate::admin::{AdminState, ApiError, schema};
 use crate::intervals::{self, Accumulator, Interval, Period, Sample};
 use crate::model::Quality;
@@ -109,11 +109,7 @@ fn window(q: &IntervalQuery) -> Result<Window, ApiError> {
             ApiError::bad_request("period", format!("{p:?}: expected 15m, 1h or 1d"))
         })?,
     };
-    let to = parse_time("to", &q.to)?.unwrap_or_else(Utc::now);
-    let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
-    if from >= to {
-        return Err(ApiError::bad_request("from", "must be before `to`"));
-    }
+    let (from, to) = super::window(&q.from, &q.to, Utc::now())?;
     Ok(Window { from, to, period })
 }
 

@@ -301,6 +301,32 @@ pub(super) fn parse_time(
         .transpose()
 }
 
+/// A window `[from, to)` from the query's `from` and `to`: `to` defaults to `default_to`, `from`
+/// to 24 h before `to`, and `from` must come first.
+pub(super) fn window(
+    from: &Option<String>,
+    to: &Option<String>,
+    default_to: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let to = parse_time("to", to)?.unwrap_or(default_to);
+    let from = parse_time("from", from)?.unwrap_or(to - Duration::hours(24));
+    if from >= to {
+        return Err(ApiError::bad_request("from", "must be before `to`"));
+    }
+    Ok((from, to))
+}
+
+/// A metric of the catalogue, or a 400 naming `metric`.
+pub(super) fn known_metric(metric: &str) -> Result<(), ApiError> {
+    match crate::catalogue::lookup(metric) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::bad_request(
+            "metric",
+            format!("unknown metric {metric:?}"),
+        )),
+    }
+}
+
 /// A bucket width: `30s`, `5m`, `1h`, `1d`, or a bare number of seconds; 1 s to 31 days.
 fn parse_bucket(raw: &str) -> Result<i64, ApiError> {
     let bad = || {
@@ -344,18 +370,9 @@ async fn measurements(
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(query_error)?;
     let id = path_id(id)?;
-    let to = parse_time("to", &q.to)?.unwrap_or_else(|| Utc::now() + Duration::minutes(5));
-    let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
-    if from >= to {
-        return Err(ApiError::bad_request("from", "must be before `to`"));
-    }
-    if let Some(m) = &q.metric
-        && crate::catalogue::lookup(m).is_none()
-    {
-        return Err(ApiError::bad_request(
-            "metric",
-            format!("unknown metric {m:?}"),
-        ));
+    let (from, to) = window(&q.from, &q.to, Utc::now() + Duration::minutes(5))?;
+    if let Some(m) = &q.metric {
+        known_metric(m)?;
     }
     let client = state.db.get().await?;
     exists(&client, kind, table, id).await?;

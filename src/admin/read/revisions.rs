@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    Accepts, ENTITY_TABLES, QueryParam, ReadRoute, exists, json_rows, limit, parse_time, path_id,
-    query_error,
+    Accepts, ENTITY_TABLES, QueryParam, ReadRoute, exists, json_rows, known_metric, limit,
+    parse_time, path_id, query_error,
 };
 use crate::admin::{AdminState, ApiError, schema};
 use crate::model::EntityKind;
@@ -89,13 +89,8 @@ async fn revisions(
     {
         return Err(ApiError::bad_request("from", "must be before `to`"));
     }
-    if let Some(m) = &q.metric
-        && crate::catalogue::lookup(m).is_none()
-    {
-        return Err(ApiError::bad_request(
-            "metric",
-            format!("unknown metric {m:?}"),
-        ));
+    if let Some(m) = &q.metric {
+        known_metric(m)?;
     }
     let limit = limit(q.limit, REVISIONS_LIMIT)?;
     let client = state.db.get().await?;

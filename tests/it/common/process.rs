@@ -49,32 +49,24 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
 /// Sends `sig` (a name such as "INT", "TERM", "KILL") to `pid` through the shell's `kill`
 /// builtin, so no libc dependency is needed. Returns whether the signal was delivered.
 pub fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("sh")
-        .args([
-            "-c",
-            "kill -s \"$1\" \"$2\" 2>/dev/null",
-            "sh",
-            sig,
-            &pid.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    kill(sig, &pid.to_string())
 }
 
 /// Sends `sig` to every process of the process group `pgid` (a server started with
 /// `process_group(0)`: the group's id is its pid). Returns whether the signal was delivered.
 pub fn signal_group(pgid: u32, sig: &str) -> bool {
+    kill(sig, &format!("-{pgid}"))
+}
+
+/// `kill -s SIG -- TARGET` (a pid, or `-pgid` for a group).
+fn kill(sig: &str, target: &str) -> bool {
     Command::new("sh")
         .args([
             "-c",
-            "kill -s \"$1\" -- \"-$2\" 2>/dev/null",
+            "kill -s \"$1\" -- \"$2\" 2>/dev/null",
             "sh",
             sig,
-            &pgid.to_string(),
+            target,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
